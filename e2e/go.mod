@@ -1,0 +1,3 @@
+module github.com/portcullis-mesh/portcullis/e2e
+
+go 1.26

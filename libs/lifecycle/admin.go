@@ -1,0 +1,40 @@
+package lifecycle
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Admin serves /metrics from the service's own registry, /healthz (the process is up) and
+// /readyz (ready reports nil).
+type Admin struct {
+	Addr     string
+	Gatherer prometheus.Gatherer
+	Ready    func() error
+	Logger   *slog.Logger
+}
+
+// Run listens on Addr and serves until ctx ends.
+func (a Admin) Run(ctx context.Context) error {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.Gatherer, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if a.Ready != nil {
+			if err := a.Ready(); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	lis, err := Listen(a.Logger, "admin", a.Addr)
+	if err != nil {
+		return err
+	}
+	return ServeHTTP(ctx, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * http.DefaultMaxHeaderBytes}, lis)
+}

@@ -1,0 +1,76 @@
+package mcpclient
+
+import (
+	"fmt"
+	"sync"
+
+	"google.golang.org/protobuf/types/known/anypb"
+
+	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
+)
+
+// PodTypeURL is the MCP type URL of mcpv1.Pod.
+const PodTypeURL = "type.googleapis.com/portcullis.mcp.v1.Pod"
+
+// Pods is the local view of the pods mcp-sync sent. It is safe for concurrent use.
+type Pods struct {
+	mu       sync.RWMutex
+	byKey    map[string]*mcpv1.Pod
+	synced   chan struct{}
+	syncOnce sync.Once
+	onChange []func()
+}
+
+// NewPods returns an empty, not yet synced view.
+func NewPods() *Pods {
+	return &Pods{byKey: map[string]*mcpv1.Pod{}, synced: make(chan struct{})}
+}
+
+// Apply replaces the view with a full state of Pod resources.
+func (p *Pods) Apply(resources []*anypb.Any) error {
+	next := make(map[string]*mcpv1.Pod, len(resources))
+	for _, r := range resources {
+		if r.GetTypeUrl() != PodTypeURL {
+			return fmt.Errorf("%w: %s", errWrongType, r.GetTypeUrl())
+		}
+		pod := &mcpv1.Pod{}
+		if err := r.UnmarshalTo(pod); err != nil {
+			return fmt.Errorf("decoding pod: %w", err)
+		}
+		next[pod.GetName()] = pod
+	}
+	p.mu.Lock()
+	p.byKey = next
+	hooks := p.onChange
+	p.mu.Unlock()
+	p.syncOnce.Do(func() { close(p.synced) })
+	for _, h := range hooks {
+		h()
+	}
+	return nil
+}
+
+// Get returns the pod with key "<namespace>/<name>".
+func (p *Pods) Get(key string) (*mcpv1.Pod, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	pod, ok := p.byKey[key]
+	return pod, ok
+}
+
+// Len is the number of pods in the view.
+func (p *Pods) Len() int {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return len(p.byKey)
+}
+
+// Synced is closed once the first full state has arrived.
+func (p *Pods) Synced() <-chan struct{} { return p.synced }
+
+// OnChange registers f to run after every applied update. Register before the watch starts.
+func (p *Pods) OnChange(f func()) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.onChange = append(p.onChange, f)
+}

@@ -1,0 +1,3 @@
+module github.com/portcullis-mesh/portcullis/services/kms-adapter
+
+go 1.26

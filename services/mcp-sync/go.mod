@@ -1,0 +1,3 @@
+module github.com/portcullis-mesh/portcullis/services/mcp-sync
+
+go 1.26

@@ -1,0 +1,3 @@
+module github.com/portcullis-mesh/portcullis/services/nodeagent
+
+go 1.26
