@@ -9,8 +9,16 @@ import (
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
 )
 
-// PodTypeURL is the MCP type URL of mcpv1.Pod.
-const PodTypeURL = "type.googleapis.com/portcullis.mcp.v1.Pod"
+// MCP type URLs of the resources mcp-sync serves.
+const (
+	PodTypeURL            = "type.googleapis.com/portcullis.mcp.v1.Pod"
+	ServiceAccountTypeURL = "type.googleapis.com/portcullis.mcp.v1.ServiceAccount"
+	NamespaceTypeURL      = "type.googleapis.com/portcullis.mcp.v1.Namespace"
+)
+
+// ClusterNodeID is the node ID citadel subscribes with: it receives every node's pods. mcp-sync
+// grants it only to the citadel identity; a node agent must use its own node name.
+const ClusterNodeID = "*"
 
 // Pods is the local view of the pods mcp-sync sent. It is safe for concurrent use.
 type Pods struct {

@@ -1,0 +1,165 @@
+// Package app wires the node agent together: mcp-sync's pod view, the token verifier, the
+// certificate manager, citadel's client and the SDS server on the Unix socket.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"k8s.io/utils/clock"
+
+	"github.com/portcullis-mesh/portcullis/libs/lifecycle"
+	"github.com/portcullis-mesh/portcullis/libs/mcpclient"
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/citadelclient"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/config"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/metrics"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
+)
+
+// App is a configured node agent.
+type App struct {
+	cfg      config.Config
+	logger   *slog.Logger
+	reg      *prometheus.Registry
+	id       *servicetls.Identity
+	verifier *workloadtoken.Verifier
+}
+
+// New loads the agent's credentials and checks them; nothing is started.
+func New(cfg config.Config, logger *slog.Logger) (*App, error) {
+	id, err := servicetls.Load(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	if node, ok := servicetls.NodeOf(id.ID()); !ok || node != cfg.NodeName {
+		return nil, fmt.Errorf("certificate %s is not the node agent certificate of node %q", id.ID(), cfg.NodeName)
+	}
+	keys, err := workloadtoken.LoadKeySet(cfg.TokenJWKSFile)
+	if err != nil {
+		return nil, err
+	}
+	verifier, err := workloadtoken.NewVerifier(workloadtoken.VerifierConfig{
+		Issuer: cfg.TokenIssuer, Audiences: cfg.Audiences(), Keys: keys,
+	})
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return &App{cfg: cfg, logger: logger, reg: reg, id: id, verifier: verifier}, nil
+}
+
+// Run serves until ctx ends or a part fails.
+func (a *App) Run(ctx context.Context) error {
+	td := a.id.TrustDomain()
+	citadelID, err := servicetls.ServiceID(td, servicetls.Citadel)
+	if err != nil {
+		return err
+	}
+	mcpID, err := servicetls.ServiceID(td, servicetls.MCPSync)
+	if err != nil {
+		return err
+	}
+	citadelConn, err := grpc.NewClient(a.cfg.CitadelAddr, grpc.WithTransportCredentials(a.id.ClientCredentials(citadelID)))
+	if err != nil {
+		return fmt.Errorf("dialing citadel: %w", err)
+	}
+	defer citadelConn.Close()
+	mcpConn, err := grpc.NewClient(a.cfg.MCPAddr, grpc.WithTransportCredentials(a.id.ClientCredentials(mcpID)))
+	if err != nil {
+		return fmt.Errorf("dialing mcp-sync: %w", err)
+	}
+	defer mcpConn.Close()
+
+	m := metrics.New(a.reg)
+	pods := mcpclient.NewPods()
+	keyType, _ := secrets.ParseKeyType(a.cfg.KeyType) // validated in config
+	citadel := citadelclient.New(citadelConn)
+	manager := secrets.New(secrets.Config{
+		Signer: citadel, Bundles: citadel, Clock: clock.RealClock{}, Logger: a.logger, Observe: m,
+		TTL: a.cfg.CertTTL, KeyType: keyType, Jitter: a.cfg.RenewJitter, Refresh: a.cfg.BundleRefresh,
+	})
+	sdsServer := sds.New(sds.Config{
+		Auth: &identity.Authenticator{
+			Verifier: a.verifier, Pods: pods, NodeName: a.cfg.NodeName, TrustDomain: td,
+		},
+		Secrets: manager, Logger: a.logger, Observe: m,
+	})
+	lis, err := a.listenSocket()
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer()
+	secretv3.RegisterSecretDiscoveryServiceServer(srv, sdsServer)
+	healthSrv := health.NewServer()
+	healthpb.RegisterHealthServer(srv, healthSrv)
+
+	ready := func() error {
+		select {
+		case <-pods.Synced():
+		default:
+			return errors.New("no pod list from mcp-sync yet")
+		}
+		if _, err := manager.Roots(ctx); err != nil {
+			return err
+		}
+		return nil
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return mcpclient.Watch(ctx, mcpclient.Config{
+			Conn: mcpConn, NodeID: a.cfg.NodeName, TypeURL: mcpclient.PodTypeURL, Apply: pods, Logger: a.logger,
+		})
+	})
+	g.Go(func() error { return manager.Run(ctx) })
+	g.Go(func() error { return lifecycle.ServeGRPC(ctx, srv, lis) })
+	g.Go(func() error {
+		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: ready, Logger: a.logger}.Run(ctx)
+	})
+	a.logger.Info("node agent started", "node", a.cfg.NodeName, "spiffe_id", a.id.ID().String(), "socket", a.cfg.Socket)
+	return g.Wait()
+}
+
+// listenSocket opens the SDS socket with its mode set, replacing a stale socket left by a
+// previous run (but never any other kind of file).
+func (a *App) listenSocket() (net.Listener, error) {
+	mode, _ := a.cfg.Mode() // validated in config
+	path := a.cfg.Socket
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("creating socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("removing stale socket: %w", err)
+		}
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("setting socket mode: %w", err)
+	}
+	a.logger.Info(lifecycle.ListeningMsg, "listener", "sds", "addr", path)
+	return lis, nil
+}

@@ -1,0 +1,87 @@
+// Package citadelclient is the agent's side of citadel's APIs: Istio's CreateCertificate for
+// signing, and the Portcullis trust bundle service.
+package citadelclient
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
+	authv1 "github.com/portcullis-mesh/portcullis/proto/istio/v1/auth"
+	cav1 "github.com/portcullis-mesh/portcullis/proto/portcullis/ca/v1"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
+)
+
+// Client implements secrets.Signer and secrets.BundleSource over one mTLS connection.
+type Client struct {
+	ca     authv1.IstioCertificateServiceClient
+	bundle cav1.TrustBundleServiceClient
+}
+
+// New wraps conn, a connection to citadel authenticated with the agent's node certificate.
+func New(conn grpc.ClientConnInterface) *Client {
+	return &Client{ca: authv1.NewIstioCertificateServiceClient(conn), bundle: cav1.NewTrustBundleServiceClient(conn)}
+}
+
+// Sign forwards the CSR with the workload's token, as istio-agent does.
+func (c *Client) Sign(ctx context.Context, csrPEM []byte, token string, ttl time.Duration) ([]*x509.Certificate, error) {
+	ctx = metadata.AppendToOutgoingContext(ctx, workloadtoken.GRPCMetadataKey, "Bearer "+token)
+	resp, err := c.ca.CreateCertificate(ctx, &authv1.IstioCertificateRequest{
+		Csr:              string(csrPEM),
+		ValidityDuration: int64(ttl / time.Second),
+	})
+	if err != nil {
+		return nil, classify("citadel CreateCertificate", err)
+	}
+	var chain []*x509.Certificate
+	for i, p := range resp.GetCertChain() {
+		block, _ := pem.Decode([]byte(p))
+		if block == nil {
+			return nil, fmt.Errorf("citadel returned a non-PEM certificate at chain position %d", i)
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("parsing certificate %d from citadel: %w", i, err)
+		}
+		chain = append(chain, cert)
+	}
+	if len(chain) == 0 {
+		return nil, fmt.Errorf("citadel returned an empty chain")
+	}
+	return chain, nil
+}
+
+// TrustBundle fetches the roots.
+func (c *Client) TrustBundle(ctx context.Context) ([]*x509.Certificate, error) {
+	resp, err := c.bundle.GetTrustBundle(ctx, &cav1.GetTrustBundleRequest{})
+	if err != nil {
+		return nil, classify("citadel GetTrustBundle", err)
+	}
+	roots := make([]*x509.Certificate, 0, len(resp.GetRootCertificates()))
+	for _, der := range resp.GetRootCertificates() {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("parsing trust bundle root: %w", err)
+		}
+		roots = append(roots, cert)
+	}
+	return roots, nil
+}
+
+// classify marks refusals that retrying cannot fix as secrets.ErrRejected, keeping the gRPC
+// status in the chain so that the SDS edge can pass its code on.
+func classify(what string, err error) error {
+	switch status.Code(err) {
+	case codes.Unauthenticated, codes.PermissionDenied, codes.InvalidArgument, codes.FailedPrecondition:
+		return fmt.Errorf("%s: %w: %w", what, secrets.ErrRejected, err)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}

@@ -1,0 +1,109 @@
+// Package config is the node agent's configuration: flags (or PORTCULLIS_* environment) and
+// their validation.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
+)
+
+// DefaultSocket is Istio's workload SDS socket path.
+const DefaultSocket = "./var/run/secrets/workload-spiffe-uds/socket"
+
+// Config is everything the agent needs to start.
+type Config struct {
+	NodeName      string
+	Socket        string
+	SocketMode    string
+	CitadelAddr   string
+	MCPAddr       string
+	AdminListen   string
+	TokenIssuer   string
+	TokenAudience string
+	TokenJWKSFile string
+	CertTTL       time.Duration
+	KeyType       string
+	RenewJitter   float64
+	BundleRefresh time.Duration
+	TLS           servicetls.Files
+}
+
+// RegisterFlags binds the config to fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.NodeName, "node-name", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
+	fs.StringVar(&c.Socket, "socket", DefaultSocket, "SDS Unix socket path")
+	fs.StringVar(&c.SocketMode, "socket-mode", "0660", "SDS socket file mode (octal)")
+	fs.StringVar(&c.CitadelAddr, "citadel-addr", "127.0.0.1:15012", "citadel gRPC address")
+	fs.StringVar(&c.MCPAddr, "mcp-addr", "127.0.0.1:15010", "mcp-sync gRPC address")
+	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15020", "address of /metrics, /healthz and /readyz")
+	fs.StringVar(&c.TokenIssuer, "token-issuer", "", "issuer (iss) of workload tokens")
+	fs.StringVar(&c.TokenAudience, "token-audience", "portcullis", "accepted token audiences, comma-separated")
+	fs.StringVar(&c.TokenJWKSFile, "token-jwks-file", "", "JWKS of the workload token issuer")
+	fs.DurationVar(&c.CertTTL, "cert-ttl", 24*time.Hour, "requested workload certificate lifetime")
+	fs.StringVar(&c.KeyType, "key-type", string(secrets.ECDSAP256), "workload key type: ecdsa-p256 or rsa-2048")
+	fs.Float64Var(&c.RenewJitter, "renew-jitter", secrets.DefaultJitter, "renewal jitter as a fraction of lifetime, around the half-life")
+	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", 30*time.Second, "trust bundle poll interval")
+	c.TLS.RegisterFlags(fs)
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("-node-name (or $NODE_NAME) is required"))
+	}
+	if c.Socket == "" {
+		errs = append(errs, errors.New("-socket is required"))
+	}
+	if _, err := c.Mode(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.TokenIssuer == "" || c.TokenJWKSFile == "" {
+		errs = append(errs, errors.New("-token-issuer and -token-jwks-file are required"))
+	}
+	if len(c.Audiences()) == 0 {
+		errs = append(errs, errors.New("-token-audience is required"))
+	}
+	if c.CertTTL < time.Minute || c.CertTTL > 90*24*time.Hour {
+		errs = append(errs, fmt.Errorf("-cert-ttl %s out of range [1m, 2160h]", c.CertTTL))
+	}
+	if _, err := secrets.ParseKeyType(c.KeyType); err != nil {
+		errs = append(errs, fmt.Errorf("-key-type: %w", err))
+	}
+	if c.RenewJitter < 0 || c.RenewJitter > 0.25 {
+		errs = append(errs, fmt.Errorf("-renew-jitter %v out of range [0, 0.25]", c.RenewJitter))
+	}
+	if c.BundleRefresh < time.Second {
+		errs = append(errs, errors.New("-bundle-refresh must be at least 1s"))
+	}
+	errs = append(errs, c.TLS.Validate())
+	return errors.Join(errs...)
+}
+
+// Mode is the parsed -socket-mode; only owner and group bits are allowed.
+func (c *Config) Mode() (os.FileMode, error) {
+	m, err := strconv.ParseUint(c.SocketMode, 8, 32)
+	if err != nil || m&0o007 != 0 || m&0o600 != 0o600 {
+		return 0, fmt.Errorf("-socket-mode %q: want an octal mode like 0600 or 0660, never world-accessible", c.SocketMode)
+	}
+	return os.FileMode(m), nil
+}
+
+// Audiences splits -token-audience.
+func (c *Config) Audiences() []string {
+	var out []string
+	for _, a := range strings.Split(c.TokenAudience, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}

@@ -1,0 +1,160 @@
+// Package sds serves Envoy's Secret Discovery Service v3 to the sidecars on this node: StreamSecrets,
+// DeltaSecrets and FetchSecrets over the agent's Unix socket, built on go-control-plane's types.
+//
+// Every stream is authenticated once, on its first request, and serves one identity. It does not
+// use go-control-plane's snapshot cache: that keys state by node ID only and cannot see the
+// per-stream credential, so one pod could read another's secrets (SPIRE's SDS handler is written
+// the same way for the same reason).
+package sds
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+
+	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
+)
+
+// SecretTypeURL is the xDS type URL of an SDS secret.
+const SecretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+// Authenticator verifies a caller's token (see identity.Authenticator).
+type Authenticator interface {
+	Authenticate(ctx context.Context, token string) (identity.Caller, error)
+}
+
+// Secrets is the agent's certificate store (see secrets.Manager).
+type Secrets interface {
+	Certificate(ctx context.Context, id spiffeid.ID, token string) (*secrets.Certificate, error)
+	Roots(ctx context.Context) ([]*x509.Certificate, error)
+	Subscribe(id spiffeid.ID) *secrets.Subscription
+	Unsubscribe(s *secrets.Subscription)
+}
+
+// Observer is told about streams and pushes; metrics implement it.
+type Observer interface {
+	StreamOpened()
+	StreamClosed()
+	Pushed(name string)
+	Nacked(names []string, detail string)
+	Refused(code codes.Code)
+}
+
+// Config configures a Server.
+type Config struct {
+	Auth    Authenticator
+	Secrets Secrets
+	Logger  *slog.Logger
+	Observe Observer
+}
+
+// Server implements secretv3.SecretDiscoveryServiceServer.
+type Server struct {
+	secretv3.UnimplementedSecretDiscoveryServiceServer
+	cfg Config
+}
+
+// New returns a Server.
+func New(cfg Config) *Server { return &Server{cfg: cfg} }
+
+// authenticate finds the caller's token in gRPC metadata or, failing that, in the node metadata
+// of its first request, and verifies it.
+func (s *Server) authenticate(ctx context.Context, node *core.Node) (identity.Caller, error) {
+	tok := ""
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		for _, v := range md.Get(workloadtoken.GRPCMetadataKey) {
+			if t, ok := strings.CutPrefix(v, "Bearer "); ok {
+				tok = strings.TrimSpace(t)
+			}
+		}
+	}
+	if tok == "" {
+		tok = node.GetMetadata().GetFields()[workloadtoken.NodeMetadataKey].GetStringValue()
+	}
+	caller, err := s.cfg.Auth.Authenticate(ctx, tok)
+	if err != nil {
+		s.cfg.Logger.Warn("sds caller refused", "node_id", node.GetId(), "err", err)
+		return caller, err
+	}
+	return caller, nil
+}
+
+// toStatus maps the agent's errors to the gRPC codes a sidecar sees.
+func (s *Server) toStatus(err error) error {
+	var code codes.Code
+	switch {
+	case errors.Is(err, identity.ErrUnauthenticated):
+		code = codes.Unauthenticated
+	case errors.Is(err, identity.ErrNotOnNode), errors.Is(err, errForeignName):
+		code = codes.PermissionDenied
+	case errors.Is(err, errUnknownName):
+		code = codes.NotFound
+	case errors.Is(err, errNoNames):
+		code = codes.InvalidArgument
+	case errors.Is(err, secrets.ErrRejected):
+		code = status.Code(err)
+		if code == codes.Unknown || code == codes.OK {
+			code = codes.PermissionDenied
+		}
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	default:
+		code = codes.Unavailable
+	}
+	s.cfg.Observe.Refused(code)
+	return status.Error(code, err.Error())
+}
+
+var errNoNames = errors.New("request names no resources")
+
+// checkNames admits the names of one request.
+func checkNames(caller identity.Caller, names []string) error {
+	for _, n := range names {
+		if err := checkName(caller, n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func nonce(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// streamEnded reports whether a Recv error is the peer going away rather than a failure.
+func streamEnded(err error) bool {
+	return errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled
+}
+
+// receive pumps requests from recv into a channel until the stream ends.
+func receive[T any](ctx context.Context, recv func() (T, error)) (<-chan T, <-chan error) {
+	reqs, errc := make(chan T), make(chan error, 1)
+	go func() {
+		for {
+			r, err := recv()
+			if err != nil {
+				errc <- err
+				return
+			}
+			select {
+			case reqs <- r:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return reqs, errc
+}

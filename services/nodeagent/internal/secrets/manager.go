@@ -1,0 +1,323 @@
+// Package secrets makes, caches and renews the agent's workload certificates and trust bundle.
+// Private keys are made here, on the node, and never leave it. Every certificate is checked
+// against its key and the trust bundle before anyone can see it, and subscribers are told when
+// what they watch changes.
+package secrets
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/singleflight"
+	"k8s.io/utils/clock"
+)
+
+// ErrRejected marks a certificate request that citadel refused for good (bad token, wrong node,
+// bad CSR); retrying the same request cannot help.
+var ErrRejected = errors.New("certificate request rejected")
+
+// Signer asks the CA to sign. csrPEM is a PEM CSR; token is the workload's token. It returns the
+// chain leaf first, root last. Errors that retrying cannot fix wrap ErrRejected.
+type Signer interface {
+	Sign(ctx context.Context, csrPEM []byte, token string, ttl time.Duration) ([]*x509.Certificate, error)
+}
+
+// BundleSource returns the current trust bundle roots.
+type BundleSource interface {
+	TrustBundle(ctx context.Context) ([]*x509.Certificate, error)
+}
+
+// Observer is told about the manager's work; metrics implement it. nil methods are not allowed;
+// use NopObserver.
+type Observer interface {
+	Issued(id spiffeid.ID, leaf *x509.Certificate, took time.Duration)
+	IssueFailed(id spiffeid.ID, err error)
+	Dropped(id spiffeid.ID)
+	BundleChanged(roots []*x509.Certificate)
+}
+
+// Config configures a Manager.
+type Config struct {
+	Signer  Signer
+	Bundles BundleSource
+	Clock   clock.WithDelayedExecution
+	Logger  *slog.Logger
+	Observe Observer
+	TTL     time.Duration // requested certificate lifetime
+	KeyType KeyType
+	Jitter  float64       // renewal jitter as a fraction of lifetime; 0 means DefaultJitter
+	Refresh time.Duration // trust bundle poll interval
+	// IssueTimeout bounds one signing attempt, independent of any one caller's context.
+	IssueTimeout time.Duration
+}
+
+// Manager is safe for concurrent use.
+type Manager struct {
+	cfg    Config
+	flight singleflight.Group
+
+	mu      sync.Mutex
+	entries map[spiffeid.ID]*entry
+	roots   []*x509.Certificate
+	subs    map[*Subscription]struct{}
+	closed  bool
+}
+
+type entry struct {
+	token    string
+	cert     *Certificate
+	timer    clock.Timer
+	failures int
+}
+
+// Subscription is told (on C, coalesced) when its identity's certificate or the bundle changes.
+type Subscription struct {
+	ID spiffeid.ID
+	C  chan struct{}
+}
+
+// New builds a Manager; call Run to keep the bundle fresh.
+func New(cfg Config) *Manager {
+	if cfg.Jitter == 0 {
+		cfg.Jitter = DefaultJitter
+	}
+	if cfg.IssueTimeout == 0 {
+		cfg.IssueTimeout = 30 * time.Second
+	}
+	return &Manager{cfg: cfg, entries: map[spiffeid.ID]*entry{}, subs: map[*Subscription]struct{}{}}
+}
+
+// Subscribe registers interest in id. Unsubscribe when done: identities nobody watches are
+// not renewed.
+func (m *Manager) Subscribe(id spiffeid.ID) *Subscription {
+	s := &Subscription{ID: id, C: make(chan struct{}, 1)}
+	m.mu.Lock()
+	m.subs[s] = struct{}{}
+	m.mu.Unlock()
+	return s
+}
+
+// Unsubscribe removes s.
+func (m *Manager) Unsubscribe(s *Subscription) {
+	m.mu.Lock()
+	delete(m.subs, s)
+	m.mu.Unlock()
+}
+
+// notifyLocked wakes the subscribers of id (all of them if id is zero). m.mu must be held.
+func (m *Manager) notifyLocked(id spiffeid.ID) {
+	for s := range m.subs {
+		if id.IsZero() || s.ID == id {
+			select {
+			case s.C <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+func (m *Manager) watchedLocked(id spiffeid.ID) bool {
+	for s := range m.subs {
+		if s.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// Certificate returns id's current certificate, issuing one if there is none or it expired.
+// token is the caller's verified workload token; the newest one is kept for renewals.
+func (m *Manager) Certificate(ctx context.Context, id spiffeid.ID, token string) (*Certificate, error) {
+	m.mu.Lock()
+	e := m.entries[id]
+	if e == nil {
+		e = &entry{}
+		m.entries[id] = e
+	}
+	e.token = token
+	if e.cert != nil && m.cfg.Clock.Now().Before(e.cert.Leaf().NotAfter) {
+		c := e.cert
+		m.mu.Unlock()
+		return c, nil
+	}
+	m.mu.Unlock()
+
+	ch := m.flight.DoChan(id.String(), func() (any, error) { return m.issue(id) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*Certificate), nil
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+}
+
+// issue makes a key and CSR, has citadel sign it, checks the result, stores it and schedules
+// its renewal. Concurrent calls for one identity are coalesced by the caller.
+func (m *Manager) issue(id spiffeid.ID) (*Certificate, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.IssueTimeout)
+	defer cancel()
+	start := m.cfg.Clock.Now()
+	m.mu.Lock()
+	token := ""
+	if e := m.entries[id]; e != nil {
+		token = e.token
+	}
+	m.mu.Unlock()
+
+	cert, err := m.signNew(ctx, id, token)
+	if err != nil {
+		m.cfg.Observe.IssueFailed(id, err)
+		return nil, fmt.Errorf("issuing certificate for %s: %w", id, err)
+	}
+	m.cfg.Observe.Issued(id, cert.Leaf(), m.cfg.Clock.Since(start))
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.entries[id]
+	if e == nil || m.closed {
+		return cert, nil
+	}
+	e.cert, e.failures = cert, 0
+	m.scheduleLocked(id, e, renewAt(cert.Leaf().NotBefore, cert.Leaf().NotAfter, m.cfg.Jitter, symmetric()).Sub(m.cfg.Clock.Now()))
+	m.notifyLocked(id)
+	m.cfg.Logger.Info("certificate issued", "spiffe_id", id.String(), "serial", cert.Leaf().SerialNumber.Text(16),
+		"not_after", cert.Leaf().NotAfter)
+	return cert, nil
+}
+
+func (m *Manager) signNew(ctx context.Context, id spiffeid.ID, token string) (*Certificate, error) {
+	key, err := m.cfg.KeyType.generate()
+	if err != nil {
+		return nil, fmt.Errorf("generating key: %w", err)
+	}
+	csr, err := newCSR(key, id)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := m.cfg.Signer.Sign(ctx, csr, token, m.cfg.TTL)
+	if err != nil {
+		return nil, err
+	}
+	roots, err := m.Roots(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := newCertificate(id, key, chain, roots, m.cfg.Clock.Now())
+	if err != nil && !slices.ContainsFunc(roots, chain[len(chain)-1].Equal) {
+		// Signed under a root we do not know yet (a rotation): refresh the bundle once.
+		if roots, err = m.refreshBundle(ctx); err == nil {
+			cert, err = newCertificate(id, key, chain, roots, m.cfg.Clock.Now())
+		}
+	}
+	return cert, err
+}
+
+func (m *Manager) scheduleLocked(id spiffeid.ID, e *entry, after time.Duration) {
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	e.timer = m.cfg.Clock.AfterFunc(max(after, 0), func() { m.renew(id) })
+}
+
+// renew runs when a certificate reaches its renewal point or a retry is due.
+func (m *Manager) renew(id spiffeid.ID) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	if !m.watchedLocked(id) {
+		delete(m.entries, id)
+		m.mu.Unlock()
+		m.cfg.Observe.Dropped(id)
+		return
+	}
+	m.mu.Unlock()
+	ch := m.flight.DoChan(id.String(), func() (any, error) { return m.issue(id) })
+	if r := <-ch; r.Err == nil {
+		return
+	} else {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		e := m.entries[id]
+		if e == nil || m.closed {
+			return
+		}
+		e.failures++
+		delay := retryDelay(e.failures)
+		m.cfg.Logger.Warn("certificate renewal failed; serving the current one meanwhile",
+			"spiffe_id", id.String(), "err", r.Err, "failures", e.failures, "retry_in", delay)
+		m.scheduleLocked(id, e, delay)
+	}
+}
+
+// Roots returns the trust bundle, fetching it if the agent has none yet.
+func (m *Manager) Roots(ctx context.Context) ([]*x509.Certificate, error) {
+	m.mu.Lock()
+	roots := m.roots
+	m.mu.Unlock()
+	if roots != nil {
+		return roots, nil
+	}
+	return m.refreshBundle(ctx)
+}
+
+func (m *Manager) refreshBundle(ctx context.Context) ([]*x509.Certificate, error) {
+	v, err, _ := m.flight.Do("\x00bundle", func() (any, error) {
+		roots, err := m.cfg.Bundles.TrustBundle(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("fetching trust bundle: %w", err)
+		}
+		if len(roots) == 0 {
+			return nil, errors.New("fetching trust bundle: citadel returned no roots")
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		if !slices.EqualFunc(roots, m.roots, (*x509.Certificate).Equal) {
+			m.roots = roots
+			m.cfg.Observe.BundleChanged(roots)
+			m.notifyLocked(spiffeid.ID{})
+		}
+		return m.roots, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.([]*x509.Certificate), nil
+}
+
+// Run polls the trust bundle every Refresh until ctx ends, then stops all renewals.
+func (m *Manager) Run(ctx context.Context) error {
+	defer m.close()
+	for {
+		if _, err := m.refreshBundle(ctx); err != nil && ctx.Err() == nil {
+			m.cfg.Logger.Warn("trust bundle refresh failed; serving the current one", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(m.cfg.Refresh):
+		}
+	}
+}
+
+func (m *Manager) close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.closed = true
+	for _, e := range m.entries {
+		if e.timer != nil {
+			e.timer.Stop()
+		}
+	}
+}
