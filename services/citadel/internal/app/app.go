@@ -1,0 +1,179 @@
+// Package app wires citadel together: identity, clients of kms-adapter and mcp-sync, the issuer,
+// the trust bundle source, the gRPC server and the admin endpoint.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"k8s.io/utils/clock"
+
+	"github.com/portcullis-mesh/portcullis/libs/lifecycle"
+	"github.com/portcullis-mesh/portcullis/libs/mcpclient"
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
+	authv1 "github.com/portcullis-mesh/portcullis/proto/istio/v1/auth"
+	cav1 "github.com/portcullis-mesh/portcullis/proto/portcullis/ca/v1"
+	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
+
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/config"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/grpcapi"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/issuer"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/metrics"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/trustbundle"
+)
+
+// App is a configured citadel.
+type App struct {
+	cfg     config.Config
+	logger  *slog.Logger
+	conns   []*grpc.ClientConn
+	pods    *mcpclient.Pods
+	mcpConn *grpc.ClientConn
+	bundles *trustbundle.Source
+	held    chan struct{} // closed once a trust bundle is held
+	grpc    *grpc.Server
+	health  *health.Server
+	reg     *prometheus.Registry
+}
+
+// New builds citadel from cfg. Nothing is served until Run.
+func New(cfg config.Config, logger *slog.Logger) (*App, error) {
+	id, err := servicetls.Load(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := workloadtoken.LoadKeySet(cfg.TokenJWKSFile)
+	if err != nil {
+		return nil, err
+	}
+	clk := clock.RealClock{}
+	verifier, err := workloadtoken.NewVerifier(workloadtoken.VerifierConfig{
+		Issuer: cfg.TokenIssuer, Audiences: cfg.Audiences(), Keys: keys, Clock: clk,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a := &App{cfg: cfg, logger: logger, pods: mcpclient.NewPods(), held: make(chan struct{}), reg: metrics.NewRegistry()}
+	kmsConn, err := a.dial(id, cfg.KMSAddr, servicetls.KMSAdapter)
+	if err != nil {
+		return nil, err
+	}
+	if a.mcpConn, err = a.dial(id, cfg.MCPAddr, servicetls.MCPSync); err != nil {
+		return nil, errors.Join(err, a.close())
+	}
+	m := metrics.New(a.reg)
+	kms := kmsv1.NewKeyManagementServiceClient(kmsConn)
+	var heldOnce sync.Once
+	a.bundles = trustbundle.New(trustbundle.Config{
+		KMS: kms, Refresh: cfg.BundleRefresh, Clock: clk, Logger: logger,
+		OnUpdate: func(b *trustbundle.Bundle) {
+			m.RootCertExpiry.Set(float64(b.EarliestExpiry.Unix()))
+			heldOnce.Do(func() { close(a.held) })
+		},
+	})
+	iss, err := issuer.New(issuer.Config{
+		TrustDomain: id.TrustDomain(), Pods: a.pods, Verifier: verifier, KMS: kms,
+		DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, CacheSize: cfg.CacheSize,
+		Clock: clk, Metrics: m, Logger: logger,
+	})
+	if err != nil {
+		return nil, errors.Join(err, a.close())
+	}
+	a.health = health.NewServer()
+	a.setServing(healthpb.HealthCheckResponse_NOT_SERVING)
+	srv := grpcapi.New(grpcapi.Config{Issuer: iss, Bundles: a.bundles, Logger: logger})
+	a.grpc = grpcapi.NewGRPCServer(id.ServerCredentials(), srv, a.health)
+	return a, nil
+}
+
+func (a *App) dial(id *servicetls.Identity, addr, service string) (*grpc.ClientConn, error) {
+	serverID, err := servicetls.ServiceID(id.TrustDomain(), service)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(id.ClientCredentials(serverID)))
+	if err != nil {
+		return nil, fmt.Errorf("dialing %s at %s: %w", service, addr, err)
+	}
+	a.conns = append(a.conns, conn)
+	return conn, nil
+}
+
+func (a *App) close() error {
+	var errs []error
+	for _, c := range a.conns {
+		errs = append(errs, c.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Run serves until ctx ends or a part fails.
+func (a *App) Run(ctx context.Context) error {
+	defer func() { _ = a.close() }()
+	lis, err := lifecycle.Listen(a.logger, "grpc", a.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		return mcpclient.Watch(ctx, mcpclient.Config{
+			Conn: a.mcpConn, NodeID: mcpclient.ClusterNodeID, TypeURL: mcpclient.PodTypeURL, Apply: a.pods, Logger: a.logger,
+		})
+	})
+	g.Go(func() error { return a.bundles.Run(ctx) })
+	g.Go(func() error { return lifecycle.ServeGRPC(ctx, a.grpc, lis) })
+	g.Go(func() error {
+		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: a.ready, Logger: a.logger}.Run(ctx)
+	})
+	g.Go(func() error { return a.reportHealth(ctx) })
+	return g.Wait()
+}
+
+// ready: citadel can authorize only once it knows the pods, and node agents need the roots.
+func (a *App) ready() error {
+	var errs []error
+	select {
+	case <-a.pods.Synced():
+	default:
+		errs = append(errs, errors.New("pods not yet synced from mcp-sync"))
+	}
+	select {
+	case <-a.held:
+	default:
+		errs = append(errs, errors.New("no trust bundle from kms-adapter yet"))
+	}
+	return errors.Join(errs...)
+}
+
+// reportHealth turns gRPC health to SERVING once ready, and back to NOT_SERVING on the way out so
+// that load balancers drain citadel before it stops.
+func (a *App) reportHealth(ctx context.Context) error {
+	for _, c := range []<-chan struct{}{a.pods.Synced(), a.held} {
+		select {
+		case <-ctx.Done():
+			a.health.Shutdown()
+			return nil
+		case <-c:
+		}
+	}
+	a.setServing(healthpb.HealthCheckResponse_SERVING)
+	a.logger.Info("ready")
+	<-ctx.Done()
+	a.health.Shutdown()
+	return nil
+}
+
+func (a *App) setServing(st healthpb.HealthCheckResponse_ServingStatus) {
+	for _, svc := range []string{"", authv1.IstioCertificateService_ServiceDesc.ServiceName, cav1.TrustBundleService_ServiceDesc.ServiceName} {
+		a.health.SetServingStatus(svc, st)
+	}
+}

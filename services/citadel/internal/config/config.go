@@ -1,0 +1,102 @@
+// Package config is citadel's configuration: flags (and PORTCULLIS_* environment variables, via
+// lifecycle.Main) and their validation.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+)
+
+// Defaults follow Istio's (24h workload certificates, 90 days at most).
+const (
+	DefaultListen        = "127.0.0.1:15012"
+	DefaultAdminListen   = "127.0.0.1:15014"
+	DefaultTokenAudience = "portcullis"
+	DefaultTTL           = 24 * time.Hour
+	DefaultMaxTTL        = 90 * 24 * time.Hour
+	DefaultCacheSize     = 100000
+	DefaultBundleRefresh = 30 * time.Second
+)
+
+// Config is citadel's configuration.
+type Config struct {
+	Listen        string
+	AdminListen   string
+	KMSAddr       string
+	MCPAddr       string
+	TokenIssuer   string
+	TokenAudience string // comma-separated
+	TokenJWKSFile string
+	DefaultTTL    time.Duration
+	MaxTTL        time.Duration
+	CacheSize     int
+	BundleRefresh time.Duration
+	TLS           servicetls.Files
+}
+
+// RegisterFlags binds the config to fs with its defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Listen, "listen", DefaultListen, "gRPC address for node agents (mTLS)")
+	fs.StringVar(&c.AdminListen, "admin-listen", DefaultAdminListen, "HTTP address for /metrics, /healthz and /readyz")
+	fs.StringVar(&c.KMSAddr, "kms-addr", "", "kms-adapter gRPC address (required)")
+	fs.StringVar(&c.MCPAddr, "mcp-addr", "", "mcp-sync gRPC address (required)")
+	fs.StringVar(&c.TokenIssuer, "token-issuer", "", `"iss" of workload tokens, e.g. the cluster's service-account issuer (required)`)
+	fs.StringVar(&c.TokenAudience, "token-audience", DefaultTokenAudience, "accepted workload token audiences, comma-separated")
+	fs.StringVar(&c.TokenJWKSFile, "token-jwks-file", "", "JWKS file with the token issuer's public keys (required)")
+	fs.DurationVar(&c.DefaultTTL, "default-ttl", DefaultTTL, "workload certificate lifetime when the request asks for none")
+	fs.DurationVar(&c.MaxTTL, "max-ttl", DefaultMaxTTL, "longest workload certificate lifetime; longer requests are clamped")
+	fs.IntVar(&c.CacheSize, "cache-size", DefaultCacheSize, "most certificates kept in the issuance cache")
+	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", DefaultBundleRefresh, "interval between trust bundle fetches from kms-adapter")
+	c.TLS.RegisterFlags(fs)
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	required := func(flag, v string) {
+		if strings.TrimSpace(v) == "" {
+			errs = append(errs, fmt.Errorf("-%s is required", flag))
+		}
+	}
+	required("listen", c.Listen)
+	required("admin-listen", c.AdminListen)
+	required("kms-addr", c.KMSAddr)
+	required("mcp-addr", c.MCPAddr)
+	required("token-issuer", c.TokenIssuer)
+	required("token-jwks-file", c.TokenJWKSFile)
+	if len(c.Audiences()) == 0 {
+		errs = append(errs, errors.New("-token-audience must name at least one audience"))
+	}
+	if c.DefaultTTL <= 0 {
+		errs = append(errs, fmt.Errorf("-default-ttl must be positive, got %s", c.DefaultTTL))
+	}
+	if c.MaxTTL < c.DefaultTTL {
+		errs = append(errs, fmt.Errorf("-max-ttl (%s) must be at least -default-ttl (%s)", c.MaxTTL, c.DefaultTTL))
+	}
+	if c.CacheSize <= 0 {
+		errs = append(errs, fmt.Errorf("-cache-size must be positive, got %d", c.CacheSize))
+	}
+	if c.BundleRefresh <= 0 {
+		errs = append(errs, fmt.Errorf("-bundle-refresh must be positive, got %s", c.BundleRefresh))
+	}
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Audiences splits -token-audience.
+func (c *Config) Audiences() []string {
+	var out []string
+	for _, a := range strings.Split(c.TokenAudience, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
+}

@@ -1,0 +1,62 @@
+package config
+
+import (
+	"flag"
+	"io"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func parse(t *testing.T, args ...string) *Config {
+	t.Helper()
+	var c Config
+	fs := flag.NewFlagSet("citadel", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	c.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
+
+var valid = []string{
+	"-kms-addr", "127.0.0.1:1", "-mcp-addr", "127.0.0.1:2", "-token-issuer", "https://kubernetes.default.svc",
+	"-token-jwks-file", "/jwks.json", "-tls-cert", "c.pem", "-tls-key", "k.pem", "-tls-ca", "ca.pem",
+}
+
+func TestDefaults(t *testing.T) {
+	c := parse(t, valid...)
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:15012" || c.AdminListen != "127.0.0.1:15014" || c.DefaultTTL != 24*time.Hour ||
+		c.MaxTTL != 2160*time.Hour || c.CacheSize != 100000 || c.BundleRefresh != 30*time.Second {
+		t.Errorf("unexpected defaults: %+v", c)
+	}
+	if got := c.Audiences(); !slices.Equal(got, []string{"portcullis"}) {
+		t.Errorf("audiences = %v", got)
+	}
+}
+
+func TestAudienceList(t *testing.T) {
+	c := parse(t, append(slices.Clone(valid), "-token-audience", "a, b,,c")...)
+	if got := c.Audiences(); !slices.Equal(got, []string{"a", "b", "c"}) {
+		t.Errorf("audiences = %v", got)
+	}
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	c := parse(t, "-max-ttl", "1h", "-cache-size", "0", "-token-audience", ",")
+	err := c.Validate()
+	if err == nil {
+		t.Fatal("empty config validated")
+	}
+	for _, want := range []string{"-kms-addr", "-mcp-addr", "-token-issuer", "-token-jwks-file", "-token-audience",
+		"-max-ttl", "-cache-size", "-tls-cert"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %s: %v", want, err)
+		}
+	}
+}

@@ -1,0 +1,63 @@
+package issuer
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
+)
+
+func (i *Issuer) verifyToken(raw string) (workloadtoken.Workload, error) {
+	if raw == "" {
+		return workloadtoken.Workload{}, fmt.Errorf("%w: no workload token in %q metadata", ErrUnauthenticated, workloadtoken.GRPCMetadataKey)
+	}
+	w, err := i.cfg.Verifier.Verify(raw)
+	if err != nil {
+		return workloadtoken.Workload{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	}
+	return w, nil
+}
+
+// checkPod proves that the token's bearer runs on the calling node: a node agent may only obtain
+// identities for pods scheduled on its own node, so a compromised node cannot mint certificates
+// for workloads elsewhere, and a token for a deleted or replaced pod (same name, new UID) is dead.
+func (i *Issuer) checkPod(ctx context.Context, node string, w workloadtoken.Workload) error {
+	if err := i.waitSynced(ctx); err != nil {
+		return err
+	}
+	key := w.PodKey()
+	pod, ok := i.cfg.Pods.Get(key)
+	switch {
+	case !ok:
+		return fmt.Errorf("%w: pod %s does not exist (according to mcp-sync)", ErrForbidden, key)
+	case pod.GetUid() != w.PodUID:
+		return fmt.Errorf("%w: pod %s has uid %s, but the token is bound to uid %s", ErrForbidden, key, pod.GetUid(), w.PodUID)
+	case pod.GetNodeName() != node:
+		return fmt.Errorf("%w: pod %s runs on node %s, not on calling node %s", ErrForbidden, key, pod.GetNodeName(), node)
+	case pod.GetServiceAccount() != w.ServiceAccount:
+		return fmt.Errorf("%w: pod %s runs as service account %s, but the token is for service account %s",
+			ErrForbidden, key, pod.GetServiceAccount(), w.ServiceAccount)
+	}
+	return nil
+}
+
+// waitSynced returns at once once the first pod list has arrived; before that (citadel just
+// started) it waits a little rather than refusing requests that would succeed a moment later.
+func (i *Issuer) waitSynced(ctx context.Context) error {
+	synced := i.cfg.Pods.Synced()
+	select {
+	case <-synced:
+		return nil
+	default:
+	}
+	timer := i.cfg.Clock.NewTimer(i.cfg.SyncWait)
+	defer timer.Stop()
+	select {
+	case <-synced:
+		return nil
+	case <-timer.C():
+		return ErrPodsNotSynced
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrPodsNotSynced, ctx.Err())
+	}
+}

@@ -1,0 +1,186 @@
+// Package issuer decides whether a node agent may have a certificate for a workload, and gets it
+// one: from the cache when a fresh one exists for the same key, else from kms-adapter.
+//
+// The decision is a pipeline, each step failing with its own sentinel error (wrapped with the
+// detail an operator needs); the gRPC edge maps the sentinels to status codes:
+//
+//  1. the caller must be a node agent (ErrNotNodeAgent);
+//  2. the workload token must verify (ErrUnauthenticated);
+//  3. the token's pod must exist, with the token's UID, on the caller's node, under the token's
+//     service account (ErrForbidden; ErrPodsNotSynced before the first pod list arrived);
+//  4. the CSR must parse and carry an acceptable key (ErrInvalidCSR);
+//  5. the identity is spiffe://<td>/ns/<ns>/sa/<sa>, whatever names the CSR asks for;
+//  6. cache, then kms-adapter (ErrKMSUnavailable, ErrSigning).
+package issuer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/sync/singleflight"
+	"google.golang.org/grpc"
+	"k8s.io/utils/clock"
+
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
+	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
+	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
+
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/certcache"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/metrics"
+)
+
+// Sentinel errors of the pipeline, one per kind of refusal.
+var (
+	ErrNotNodeAgent    = errors.New("caller is not a node agent")
+	ErrUnauthenticated = errors.New("workload token rejected")
+	ErrForbidden       = errors.New("not authorized")
+	ErrPodsNotSynced   = errors.New("pods not yet synced from mcp-sync")
+	ErrInvalidCSR      = errors.New("invalid csr")
+	ErrInvalidTTL      = errors.New("invalid validity duration")
+	ErrKMSUnavailable  = errors.New("kms-adapter unavailable")
+	ErrSigning         = errors.New("signing failed")
+)
+
+// Pods is the cluster's pod view. Get and Synced must be safe for concurrent use; Synced is closed
+// once the first full pod list has arrived. mcpclient.Pods satisfies it.
+type Pods interface {
+	Get(key string) (*mcpv1.Pod, bool)
+	Synced() <-chan struct{}
+}
+
+// TokenVerifier verifies workload tokens; *workloadtoken.Verifier satisfies it. Its errors are
+// shown to the caller, so they must say why a token was refused without leaking secrets.
+type TokenVerifier interface {
+	Verify(raw string) (workloadtoken.Workload, error)
+}
+
+// KMS is the part of kms-adapter's API the issuer uses; kmsv1.KeyManagementServiceClient
+// satisfies it.
+type KMS interface {
+	SignCertificate(ctx context.Context, in *kmsv1.SignCertificateRequest, opts ...grpc.CallOption) (*kmsv1.SignCertificateResponse, error)
+}
+
+// Config carries the issuer's dependencies and policy.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	Pods        Pods
+	Verifier    TokenVerifier
+	KMS         KMS
+	DefaultTTL  time.Duration // used when a request asks for no particular validity
+	MaxTTL      time.Duration // longer requests are clamped to it
+	CacheSize   int
+	// SyncWait bounds how long a request waits for the first pod list (the request's own deadline
+	// bounds it too); 0 means 5s.
+	SyncWait time.Duration
+	// SignTimeout bounds one kms-adapter call; 0 means 30s. The call is shared by coalesced
+	// requests, so it does not end with the first requester's context.
+	SignTimeout time.Duration
+	Clock       clock.Clock
+	Metrics     *metrics.Metrics
+	Logger      *slog.Logger
+}
+
+// Issuer runs the pipeline. It is safe for concurrent use.
+type Issuer struct {
+	cfg    Config
+	cache  *certcache.Cache
+	flight singleflight.Group
+}
+
+// New builds an issuer.
+func New(cfg Config) (*Issuer, error) {
+	switch {
+	case cfg.TrustDomain.IsZero():
+		return nil, errors.New("issuer: trust domain is required")
+	case cfg.Pods == nil || cfg.Verifier == nil || cfg.KMS == nil || cfg.Clock == nil || cfg.Metrics == nil || cfg.Logger == nil:
+		return nil, errors.New("issuer: pods, verifier, kms, clock, metrics and logger are required")
+	case cfg.DefaultTTL <= 0 || cfg.MaxTTL < cfg.DefaultTTL:
+		return nil, fmt.Errorf("issuer: need 0 < default ttl (%s) <= max ttl (%s)", cfg.DefaultTTL, cfg.MaxTTL)
+	case cfg.CacheSize <= 0:
+		return nil, errors.New("issuer: cache size must be positive")
+	}
+	if cfg.SyncWait == 0 {
+		cfg.SyncWait = 5 * time.Second
+	}
+	if cfg.SignTimeout == 0 {
+		cfg.SignTimeout = 30 * time.Second
+	}
+	return &Issuer{cfg: cfg, cache: certcache.New(cfg.CacheSize, cfg.Clock)}, nil
+}
+
+// Request is one CreateCertificate call.
+type Request struct {
+	Caller spiffeid.ID   // the verified control-plane identity of the caller
+	Token  string        // the workload token, "" if none was sent
+	CSR    string        // PEM
+	TTL    time.Duration // requested validity; 0 means the default
+}
+
+// Result is an issued chain.
+type Result struct {
+	Identity spiffeid.ID
+	Chain    []string // PEM, leaf first, root last
+	Cached   bool
+}
+
+// Issue runs the pipeline for one request.
+func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
+	m := i.cfg.Metrics
+	m.CSRCount.Inc()
+
+	node, ok := servicetls.NodeOf(req.Caller)
+	if !ok {
+		m.AuthorizationFailures.Inc()
+		return Result{}, fmt.Errorf("%w: %s", ErrNotNodeAgent, servicetls.Describe(req.Caller))
+	}
+	w, err := i.verifyToken(req.Token)
+	if err != nil {
+		m.AuthenticationFailures.Inc()
+		return Result{}, err
+	}
+	if err := i.checkPod(ctx, node, w); err != nil {
+		if errors.Is(err, ErrForbidden) {
+			m.AuthorizationFailures.Inc()
+		}
+		return Result{}, err
+	}
+	csr, err := parseCSR(req.CSR)
+	if err != nil {
+		m.CSRParsingErrors.Inc()
+		return Result{}, err
+	}
+	id, err := spiffeid.FromSegments(i.cfg.TrustDomain, "ns", w.Namespace, "sa", w.ServiceAccount)
+	if err != nil {
+		m.AuthorizationFailures.Inc()
+		return Result{}, fmt.Errorf("%w: %s has no valid spiffe id: %v", ErrForbidden, w, err)
+	}
+	ttl, err := i.ttl(req.TTL)
+	if err != nil {
+		return Result{}, err
+	}
+	res, err := i.sign(ctx, id, csr, ttl)
+	if err != nil {
+		m.CSRSignErrors.Inc()
+		return Result{}, err
+	}
+	m.SuccessCertIssuance.Inc()
+	return res, nil
+}
+
+// ttl applies the default and the ceiling to a requested validity.
+func (i *Issuer) ttl(requested time.Duration) (time.Duration, error) {
+	switch {
+	case requested < 0:
+		return 0, fmt.Errorf("%w: %s is negative", ErrInvalidTTL, requested)
+	case requested == 0:
+		return i.cfg.DefaultTTL, nil
+	case requested > i.cfg.MaxTTL:
+		return i.cfg.MaxTTL, nil
+	}
+	return requested, nil
+}

@@ -1,0 +1,151 @@
+// Package trustbundle keeps the workload trust bundle (the roots workload certificates chain to)
+// that citadel hands to node agents. kms-adapter owns the bundle; citadel holds the last good copy
+// so that agents still get roots while kms-adapter is down.
+package trustbundle
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"golang.org/x/sync/singleflight"
+	"google.golang.org/grpc"
+	"k8s.io/utils/clock"
+
+	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
+)
+
+// ErrUnavailable means no bundle is held and kms-adapter could not provide one.
+var ErrUnavailable = errors.New("trust bundle unavailable")
+
+// KMS is the part of kms-adapter's API the source uses; kmsv1.KeyManagementServiceClient
+// satisfies it.
+type KMS interface {
+	GetTrustBundle(ctx context.Context, in *kmsv1.GetTrustBundleRequest, opts ...grpc.CallOption) (*kmsv1.GetTrustBundleResponse, error)
+}
+
+// Bundle is one trust bundle. It is immutable once returned.
+type Bundle struct {
+	TrustDomain    string
+	Roots          [][]byte // DER
+	EarliestExpiry time.Time
+}
+
+// Config carries the source's dependencies.
+type Config struct {
+	KMS     KMS
+	Refresh time.Duration // interval between refreshes
+	Timeout time.Duration // bound on one fetch; 0 means 10s
+	Clock   clock.WithTicker
+	Logger  *slog.Logger
+	// OnUpdate, if set, is called with every newly held bundle (e.g. to export the root expiry).
+	OnUpdate func(*Bundle)
+}
+
+// Source holds the last good bundle. It is safe for concurrent use.
+type Source struct {
+	cfg    Config
+	flight singleflight.Group
+
+	mu      sync.RWMutex
+	current *Bundle
+}
+
+// New returns a source that holds nothing yet; Run or Get fetches.
+func New(cfg Config) *Source {
+	if cfg.Timeout == 0 {
+		cfg.Timeout = 10 * time.Second
+	}
+	return &Source{cfg: cfg}
+}
+
+// Run fetches at once, then every Refresh, until ctx ends. A failed refresh is logged and the last
+// good bundle stays in force; it never stops Run.
+func (s *Source) Run(ctx context.Context) error {
+	ticker := s.cfg.Clock.NewTicker(s.cfg.Refresh)
+	defer ticker.Stop()
+	for {
+		if _, err := s.refresh(ctx); err != nil && ctx.Err() == nil {
+			s.cfg.Logger.Warn("refreshing trust bundle failed; keeping the last good one", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C():
+		}
+	}
+}
+
+// Get returns the held bundle, fetching one first if none is held yet.
+func (s *Source) Get(ctx context.Context) (*Bundle, error) {
+	if b := s.Current(); b != nil {
+		return b, nil
+	}
+	b, err := s.refresh(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	return b, nil
+}
+
+// Current is the held bundle, or nil.
+func (s *Source) Current() *Bundle {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.current
+}
+
+// refresh fetches a bundle and holds it if it is well formed. Concurrent refreshes share one fetch.
+func (s *Source) refresh(ctx context.Context) (*Bundle, error) {
+	ch := s.flight.DoChan("bundle", func() (any, error) {
+		// Detached from the first caller's ctx so that its cancellation does not fail the others.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
+		defer cancel()
+		resp, err := s.cfg.KMS.GetTrustBundle(fctx, &kmsv1.GetTrustBundleRequest{})
+		if err != nil {
+			return nil, fmt.Errorf("fetching trust bundle from kms-adapter: %w", err)
+		}
+		b, err := parse(resp)
+		if err != nil {
+			return nil, err
+		}
+		s.mu.Lock()
+		s.current = b
+		s.mu.Unlock()
+		if s.cfg.OnUpdate != nil {
+			s.cfg.OnUpdate(b)
+		}
+		return b, nil
+	})
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*Bundle), nil
+	}
+}
+
+func parse(resp *kmsv1.GetTrustBundleResponse) (*Bundle, error) {
+	if resp.GetTrustDomain() == "" || len(resp.GetRootCertificates()) == 0 {
+		return nil, errors.New("kms-adapter returned an empty trust bundle")
+	}
+	b := &Bundle{TrustDomain: resp.GetTrustDomain()}
+	for i, der := range resp.GetRootCertificates() {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("kms-adapter trust bundle root %d: %w", i, err)
+		}
+		if b.EarliestExpiry.IsZero() || cert.NotAfter.Before(b.EarliestExpiry) {
+			b.EarliestExpiry = cert.NotAfter
+		}
+		b.Roots = append(b.Roots, der)
+	}
+	return b, nil
+}
