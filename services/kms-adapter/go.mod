@@ -1,3 +1,32 @@
 module github.com/portcullis-mesh/portcullis/services/kms-adapter
 
-go 1.26
+go 1.26.0
+
+require (
+	github.com/portcullis-mesh/portcullis/libs v0.0.0
+	github.com/portcullis-mesh/portcullis/proto v0.0.0
+	github.com/prometheus/client_golang v1.25.0
+	github.com/prometheus/client_model v0.6.3
+	github.com/spiffe/go-spiffe/v2 v2.8.1
+	go.uber.org/goleak v1.3.0
+	golang.org/x/sync v0.23.0
+	google.golang.org/grpc v1.85.0
+	k8s.io/utils v0.0.0-20261023123148-ca04ba58ecab
+)
+
+require (
+	github.com/beorn7/perks v1.0.1 // indirect
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/prometheus/common v0.72.0 // indirect
+	github.com/prometheus/procfs v0.22.0 // indirect
+	golang.org/x/net v0.60.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
+	golang.org/x/text v0.42.0 // indirect
+	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+replace github.com/portcullis-mesh/portcullis/proto => ../../proto
+
+replace github.com/portcullis-mesh/portcullis/libs => ../../libs

@@ -1,0 +1,134 @@
+// Package app wires kms-adapter together: identity, CA backend, metrics, gRPC API and admin server.
+package app
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc/health"
+	"k8s.io/utils/clock"
+
+	"github.com/portcullis-mesh/portcullis/libs/lifecycle"
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/config"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/grpcapi"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/kmsmetrics"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/local"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/logkey"
+)
+
+// readyTimeout bounds a readiness probe's look at the backend.
+const readyTimeout = 2 * time.Second
+
+// App is a built kms-adapter, ready to Run.
+type App struct {
+	cfg      config.Config
+	logger   *slog.Logger
+	identity *servicetls.Identity
+	registry *prometheus.Registry
+	backend  kms.Backend
+	api      *grpcapi.Server
+}
+
+// New loads the service identity, opens the backend named by cfg.Backend and instruments it.
+func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, error) {
+	identity, err := servicetls.Load(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	td := identity.TrustDomain()
+	clk := clock.RealClock{}
+	backends := kms.Registry{
+		kms.BackendLocal: func(context.Context) (kms.Backend, error) {
+			return local.New(local.Config{StateDir: cfg.StateDir, TrustDomain: td, DefaultTTL: cfg.DefaultTTL,
+				MaxTTL: cfg.MaxTTL, RootTTL: cfg.RootTTL, Clock: clk, Logger: logger})
+		},
+	}
+	backend, err := backends.Open(ctx, cfg.Backend)
+	if err != nil {
+		return nil, err
+	}
+	if err := logCA(ctx, logger.With(logkey.Backend, cfg.Backend), backend); err != nil {
+		return nil, err
+	}
+	registry := prometheus.NewRegistry()
+	for _, c := range []prometheus.Collector{collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
+		if err := registry.Register(c); err != nil {
+			return nil, fmt.Errorf("registering runtime metrics: %w", err)
+		}
+	}
+	instrumented, err := kmsmetrics.Wrap(ctx, kmsmetrics.Config{Backend: backend, Registerer: registry, Clock: clk})
+	if err != nil {
+		return nil, err
+	}
+	return &App{
+		cfg:      cfg,
+		logger:   logger,
+		identity: identity,
+		registry: registry,
+		backend:  instrumented,
+		api:      grpcapi.New(grpcapi.Config{Backend: instrumented, Logger: logger}),
+	}, nil
+}
+
+// Run serves the KMS API and the admin endpoint until ctx ends or one of them fails.
+func (a *App) Run(ctx context.Context) error {
+	lis, err := lifecycle.Listen(a.logger, "grpc", a.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	hs := health.NewServer()
+	srv := a.api.GRPCServer(a.identity.ServerCredentials(), hs)
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return lifecycle.ServeGRPC(ctx, srv, lis) })
+	g.Go(func() error {
+		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.registry, Ready: a.ready, Logger: a.logger}.Run(ctx)
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		hs.Shutdown() // report NOT_SERVING while in-flight calls drain
+		return nil
+	})
+	return g.Wait()
+}
+
+// ready reports whether the backend can answer; for Vault this is where an outage shows.
+func (a *App) ready() error {
+	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
+	defer cancel()
+	_, err := a.backend.TrustBundle(ctx)
+	return err
+}
+
+// logCA records which CA this process signs with: fingerprints and expiry, never key material.
+func logCA(ctx context.Context, logger *slog.Logger, backend kms.Backend) error {
+	bundle, err := backend.TrustBundle(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the trust bundle: %w", err)
+	}
+	attrs := []any{logkey.TrustDomain, bundle.TrustDomain.String()}
+	var issuers []*x509.Certificate
+	if sc, ok := backend.(kms.SigningChainer); ok {
+		if issuers, err = sc.SigningChain(ctx); err != nil {
+			return fmt.Errorf("reading the signing chain: %w", err)
+		}
+	}
+	if len(issuers) > 1 {
+		attrs = append(attrs, logkey.IntermediateNotAfter, issuers[0].NotAfter)
+	}
+	for _, root := range bundle.Roots {
+		sum := sha256.Sum256(root.Raw)
+		logger.Info("certificate authority ready", append(attrs,
+			logkey.RootFingerprint, hex.EncodeToString(sum[:]), logkey.RootNotAfter, root.NotAfter)...)
+	}
+	return nil
+}

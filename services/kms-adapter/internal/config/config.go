@@ -1,0 +1,68 @@
+// Package config holds kms-adapter's configuration: flags (and PORTCULLIS_<FLAG> environment
+// variables, see lifecycle.Main) and their validation.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
+)
+
+// Config is everything kms-adapter reads at start.
+type Config struct {
+	Listen      string // KMS gRPC API (mTLS, citadel only)
+	AdminListen string // /metrics, /healthz, /readyz
+	Backend     string // kms backend name, see kms.Registry
+	StateDir    string // local backend: CA keys and certificates
+	DefaultTTL  time.Duration
+	MaxTTL      time.Duration
+	RootTTL     time.Duration
+	TLS         servicetls.Files
+}
+
+// RegisterFlags binds the config to fs with the production defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:15030", "address of the KMS gRPC API (port 0 picks a free port)")
+	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15031", "address of /metrics, /healthz and /readyz")
+	fs.StringVar(&c.Backend, "backend", kms.BackendLocal, "certificate authority backend: local")
+	fs.StringVar(&c.StateDir, "state-dir", "./var/lib/portcullis/kms", "local backend: directory of the CA keys and certificates (kept 0700)")
+	fs.DurationVar(&c.DefaultTTL, "default-ttl", 24*time.Hour, "workload certificate lifetime when the request asks for none")
+	fs.DurationVar(&c.MaxTTL, "max-ttl", 2160*time.Hour, "longest workload certificate lifetime; longer requests are clamped")
+	fs.DurationVar(&c.RootTTL, "root-ttl", 8760*time.Hour, "local backend: validity of a newly created root CA (the intermediate gets half)")
+	c.TLS.RegisterFlags(fs)
+}
+
+// Validate reports every problem at once, so that one run of the binary shows them all.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Listen == "" {
+		errs = append(errs, errors.New("-listen is required"))
+	}
+	if c.AdminListen == "" {
+		errs = append(errs, errors.New("-admin-listen is required"))
+	}
+	if c.Backend == "" {
+		errs = append(errs, errors.New("-backend is required"))
+	}
+	if c.Backend == kms.BackendLocal && c.StateDir == "" {
+		errs = append(errs, errors.New("-state-dir is required by the local backend"))
+	}
+	if c.DefaultTTL <= 0 || c.MaxTTL <= 0 {
+		errs = append(errs, fmt.Errorf("-default-ttl (%s) and -max-ttl (%s) must be positive", c.DefaultTTL, c.MaxTTL))
+	} else if c.DefaultTTL > c.MaxTTL {
+		errs = append(errs, fmt.Errorf("-default-ttl (%s) must not exceed -max-ttl (%s)", c.DefaultTTL, c.MaxTTL))
+	}
+	// The intermediate lives half the root's life and is renewed once a max-ttl leaf no longer
+	// fits; anything shorter would leave no room for a single full-length leaf.
+	if c.RootTTL <= 2*c.MaxTTL {
+		errs = append(errs, fmt.Errorf("-root-ttl (%s) must exceed twice -max-ttl (%s)", c.RootTTL, c.MaxTTL))
+	}
+	if err := c.TLS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}

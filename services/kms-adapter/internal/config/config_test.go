@@ -1,0 +1,57 @@
+package config_test
+
+import (
+	"flag"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/config"
+)
+
+func parse(t *testing.T, args ...string) *config.Config {
+	t.Helper()
+	var c config.Config
+	fs := flag.NewFlagSet("kms-adapter", flag.ContinueOnError)
+	c.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
+
+var tlsArgs = []string{"-tls-cert", "c.pem", "-tls-key", "k.pem", "-tls-ca", "ca.pem"}
+
+func TestDefaults(t *testing.T) {
+	c := parse(t, tlsArgs...)
+	if err := c.Validate(); err != nil {
+		t.Fatalf("defaults do not validate: %v", err)
+	}
+	want := config.Config{Listen: "127.0.0.1:15030", AdminListen: "127.0.0.1:15031", Backend: "local",
+		StateDir: "./var/lib/portcullis/kms", DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour, RootTTL: 8760 * time.Hour,
+		TLS: c.TLS}
+	if *c != want {
+		t.Errorf("defaults = %+v, want %+v", *c, want)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-default-ttl", "100h", "-max-ttl", "10h"}, "must not exceed -max-ttl"},
+		{[]string{"-default-ttl", "0s"}, "must be positive"},
+		{[]string{"-max-ttl", "5000h"}, "-root-ttl (8760h0m0s) must exceed twice -max-ttl"},
+		{[]string{"-state-dir", ""}, "-state-dir is required"},
+		{[]string{"-backend", ""}, "-backend is required"},
+	} {
+		err := parse(t, append(tc.args, tlsArgs...)...).Validate()
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: err = %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	if err := parse(t).Validate(); err == nil || !strings.Contains(err.Error(), "-tls-cert") {
+		t.Errorf("missing TLS files: err = %v", err)
+	}
+}
