@@ -37,7 +37,11 @@ func TestMain(m *testing.M) {
 				return 1
 			}
 		}
-		return m.Run()
+		code := m.Run()
+		for _, f := range benchCleanup {
+			f()
+		}
+		return code
 	}())
 }
 

@@ -88,31 +88,39 @@ func TestSDSRefusals(t *testing.T) {
 // certificate when node is "".
 func citadelClient(t *testing.T, s *stack.Stack, node string) authv1.IstioCertificateServiceClient {
 	t.Helper()
-	citadelID, err := servicetls.ServiceID(s.TrustDomain(), servicetls.Citadel)
-	if err != nil {
-		t.Fatal(err)
-	}
-	agentID, err := servicetls.NodeAgentID(s.TrustDomain(), "node-a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ident, err := s.Identity("test-agent", agentID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creds := ident.ClientCredentials(citadelID)
+	var conn *grpc.ClientConn
+	var err error
 	if node == "" {
 		// Verify citadel's certificate properly, but present none of our own.
 		pool := x509.NewCertPool()
 		pool.AppendCertsFromPEM(mustRead(t, s.Dir()+"/certs/ca.pem"))
-		creds = credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})
+		creds := credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "localhost"})
+		conn, err = grpc.NewClient(s.Addr(stack.Citadel), grpc.WithTransportCredentials(creds))
+	} else {
+		conn, err = dialCitadel(s, "test-agent-"+node)
 	}
-	conn, err := grpc.NewClient(s.Addr(stack.Citadel), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 	return authv1.NewIstioCertificateServiceClient(conn)
+}
+
+// dialCitadel connects to citadel with a fresh node-a agent certificate.
+func dialCitadel(s *stack.Stack, name string) (*grpc.ClientConn, error) {
+	citadelID, err := servicetls.ServiceID(s.TrustDomain(), servicetls.Citadel)
+	if err != nil {
+		return nil, err
+	}
+	agentID, err := servicetls.NodeAgentID(s.TrustDomain(), "node-a")
+	if err != nil {
+		return nil, err
+	}
+	ident, err := s.Identity(name, agentID)
+	if err != nil {
+		return nil, err
+	}
+	return grpc.NewClient(s.Addr(stack.Citadel), grpc.WithTransportCredentials(ident.ClientCredentials(citadelID)))
 }
 
 func TestCitadelRefusals(t *testing.T) {

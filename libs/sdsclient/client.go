@@ -10,17 +10,18 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"path/filepath"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
-	rpcstatus "google.golang.org/genproto/googleapis/rpc/status"
 
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 )
@@ -36,7 +37,11 @@ type Client struct {
 
 // Dial connects to the agent's Unix socket (the connection is made lazily).
 func Dial(socketPath string) (*Client, error) {
-	conn, err := grpc.NewClient("unix://"+socketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	abs, err := filepath.Abs(socketPath) // "unix://" takes an absolute path; a relative one parses as an authority
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient("unix://"+abs, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, fmt.Errorf("dialing sds socket %s: %w", socketPath, err)
 	}

@@ -151,4 +151,3 @@ func Handshake(ctx context.Context, client, server *SVID) (string, error) {
 	st := conn.(*tls.Conn).ConnectionState()
 	return fmt.Sprintf("%s %s", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite)), nil
 }
-

@@ -44,6 +44,7 @@ func run(ctx context.Context, bin, manifests, dir, clientKey, serverKey string, 
 			nodes = append(nodes, p.Node)
 		}
 	}
+	slices.Sort(nodes)
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}

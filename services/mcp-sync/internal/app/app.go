@@ -1,0 +1,97 @@
+// Package app wires mcp-sync together: source -> snapshot manager -> xDS server, plus the admin
+// endpoint.
+package app
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"golang.org/x/sync/errgroup"
+	"k8s.io/utils/clock"
+
+	"github.com/portcullis-mesh/portcullis/libs/lifecycle"
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/config"
+	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/metrics"
+	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/server"
+	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/snapshot"
+	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/source"
+)
+
+// App is a configured mcp-sync.
+type App struct {
+	cfg       config.Config
+	logger    *slog.Logger
+	metrics   *metrics.Metrics
+	admin     lifecycle.Admin
+	source    source.Source
+	snapshots *snapshot.Manager
+	server    *server.Server
+}
+
+// New builds every part; nothing listens or reads until Run.
+func New(cfg config.Config, logger *slog.Logger) (*App, error) {
+	id, err := servicetls.Load(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	reg := metrics.NewRegistry()
+	m := metrics.New(reg)
+	src, err := source.New(cfg.Source, source.Options{
+		Logger:       logger,
+		Clock:        clock.RealClock{},
+		Errors:       m.SourceErrors,
+		LastGoodLoad: m.LastGoodLoad,
+		ManifestsDir: cfg.ManifestsDir,
+		Resync:       cfg.Resync,
+	})
+	if err != nil {
+		return nil, err
+	}
+	snaps, err := snapshot.New(snapshot.Config{Logger: logger, Metrics: m})
+	if err != nil {
+		return nil, err
+	}
+	srv, err := server.New(server.Config{Identity: id, Cache: snaps.Cache(), Nodes: snaps, Logger: logger, Metrics: m})
+	if err != nil {
+		return nil, err
+	}
+	a := &App{cfg: cfg, logger: logger, metrics: m, source: src, snapshots: snaps, server: srv}
+	a.admin = lifecycle.Admin{Addr: cfg.AdminListen, Gatherer: reg, Ready: a.ready, Logger: logger}
+	logger.Info("configured", "source", cfg.Source, "identity", id.ID().String())
+	return a, nil
+}
+
+// Run serves until ctx ends or a part fails.
+func (a *App) Run(ctx context.Context) error {
+	lis, err := lifecycle.Listen(a.logger, "grpc", a.cfg.Listen)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return a.server.Serve(ctx, lis) })
+	g.Go(func() error { return a.admin.Run(ctx) })
+	g.Go(func() error { return a.source.Run(ctx, a.apply) })
+	return g.Wait()
+}
+
+func (a *App) apply(st source.State) {
+	if err := a.snapshots.Update(st); err != nil {
+		// The previous views stay in force; the next change retries.
+		a.logger.Error("updating snapshots, keeping the previous ones", "err", err)
+		a.metrics.SourceErrors.Inc()
+		return
+	}
+	a.server.SetReady()
+	a.logger.Info("state updated", "pods", len(st.Pods), "service_accounts", len(st.ServiceAccounts), "namespaces", len(st.Namespaces))
+}
+
+var errNotLoaded = errors.New("the first state has not been loaded yet")
+
+func (a *App) ready() error {
+	if !a.snapshots.Loaded() {
+		return errNotLoaded
+	}
+	return nil
+}

@@ -1,0 +1,55 @@
+// Package config holds mcp-sync's configuration: flags (and PORTCULLIS_<FLAG> environment
+// variables, via lifecycle.Main) and their validation.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/source"
+)
+
+// Config is mcp-sync's configuration.
+type Config struct {
+	Listen       string
+	AdminListen  string
+	Source       string
+	ManifestsDir string
+	Resync       time.Duration
+	TLS          servicetls.Files
+}
+
+// RegisterFlags binds the configuration to fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Listen, "listen", "127.0.0.1:15010", "address of the MCP (xDS over gRPC, mTLS) server")
+	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15011", "address of /metrics, /healthz and /readyz")
+	fs.StringVar(&c.Source, "source", "file", fmt.Sprintf("where cluster objects come from: %v", source.Names()))
+	fs.StringVar(&c.ManifestsDir, "manifests-dir", "", "directory of Kubernetes manifests (required for -source=file)")
+	fs.DurationVar(&c.Resync, "resync", 30*time.Second, "period of the full rescan of the source, a safety net for missed watch events")
+	c.TLS.RegisterFlags(fs)
+}
+
+// Validate reports every problem with the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Listen == "" {
+		errs = append(errs, errors.New("-listen is required"))
+	}
+	if c.AdminListen == "" {
+		errs = append(errs, errors.New("-admin-listen is required"))
+	}
+	if err := source.CheckName(c.Source); err != nil {
+		errs = append(errs, fmt.Errorf("-source: %w", err))
+	}
+	if c.Source == "file" && c.ManifestsDir == "" {
+		errs = append(errs, errors.New("-manifests-dir is required with -source=file"))
+	}
+	if c.Resync <= 0 {
+		errs = append(errs, fmt.Errorf("-resync must be positive, got %s", c.Resync))
+	}
+	errs = append(errs, c.TLS.Validate())
+	return errors.Join(errs...)
+}

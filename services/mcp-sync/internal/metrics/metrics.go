@@ -1,0 +1,69 @@
+// Package metrics defines mcp-sync's Prometheus metrics. Every metric name and label lives here.
+package metrics
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metric names.
+const (
+	ObjectsName         = "mcp_sync_objects"
+	SourceErrorsName    = "mcp_sync_source_errors_total"
+	SnapshotUpdatesName = "mcp_sync_snapshot_updates_total"
+	StreamsName         = "mcp_sync_streams"
+	LastGoodLoadName    = "mcp_sync_last_good_load_timestamp_seconds"
+)
+
+// Label names and values.
+const (
+	KindLabel          = "kind"
+	KindPod            = "pod"
+	KindServiceAccount = "service_account"
+	KindNamespace      = "namespace"
+)
+
+// Metrics are mcp-sync's metrics. The zero value is not usable; use New.
+type Metrics struct {
+	Objects         *prometheus.GaugeVec
+	SourceErrors    prometheus.Counter
+	SnapshotUpdates prometheus.Counter
+	Streams         prometheus.Gauge
+	LastGoodLoad    prometheus.Gauge
+}
+
+// New creates the metrics and registers them on reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		Objects: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: ObjectsName,
+			Help: "Objects in the current state, by kind.",
+		}, []string{KindLabel}),
+		SourceErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: SourceErrorsName,
+			Help: "Problems the source worked around by keeping the last good data (broken manifests, watch failures).",
+		}),
+		SnapshotUpdates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: SnapshotUpdatesName,
+			Help: "Per-node snapshots replaced because their content changed.",
+		}),
+		Streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: StreamsName,
+			Help: "Open MCP (xDS) streams.",
+		}),
+		LastGoodLoad: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: LastGoodLoadName,
+			Help: "Unix time of the last load that read the whole source without error.",
+		}),
+	}
+	reg.MustRegister(m.Objects, m.SourceErrors, m.SnapshotUpdates, m.Streams, m.LastGoodLoad)
+	return m
+}
+
+// NewRegistry returns a registry with the Go and process collectors, for the service's own
+// metrics.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
