@@ -68,6 +68,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (Caller,
 	switch {
 	case !ok:
 		return Caller{}, fmt.Errorf("%w: pod %s is not on node %s", ErrNotOnNode, w.PodKey(), a.NodeName)
+	case pod.GetNodeName() != a.NodeName:
+		// mcp-sync should send only this node's pods; do not rely on it.
+		return Caller{}, fmt.Errorf("%w: pod %s runs on node %q, not %s", ErrNotOnNode, w.PodKey(), pod.GetNodeName(), a.NodeName)
 	case pod.GetUid() != w.PodUID:
 		return Caller{}, fmt.Errorf("%w: token is for pod uid %s, but pod %s on node %s has uid %s",
 			ErrNotOnNode, w.PodUID, w.PodKey(), a.NodeName, pod.GetUid())

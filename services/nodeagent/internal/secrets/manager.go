@@ -142,14 +142,22 @@ func (m *Manager) Certificate(ctx context.Context, id spiffeid.ID, token string)
 		m.entries[id] = e
 	}
 	e.token = token
-	if e.cert != nil && m.cfg.Clock.Now().Before(e.cert.Leaf().NotAfter) {
-		c := e.cert
+	if c := m.freshLocked(id); c != nil {
 		m.mu.Unlock()
 		return c, nil
 	}
 	m.mu.Unlock()
 
-	ch := m.flight.DoChan(id.String(), func() (any, error) { return m.issue(id) })
+	ch := m.flight.DoChan(id.String(), func() (any, error) {
+		// A flight that ended between the check above and this one may have stored a certificate.
+		m.mu.Lock()
+		c := m.freshLocked(id)
+		m.mu.Unlock()
+		if c != nil {
+			return c, nil
+		}
+		return m.issue(id)
+	})
 	select {
 	case r := <-ch:
 		if r.Err != nil {
@@ -159,6 +167,14 @@ func (m *Manager) Certificate(ctx context.Context, id spiffeid.ID, token string)
 	case <-ctx.Done():
 		return nil, context.Cause(ctx)
 	}
+}
+
+// freshLocked returns id's cached certificate if it is still valid. m.mu must be held.
+func (m *Manager) freshLocked(id spiffeid.ID) *Certificate {
+	if e := m.entries[id]; e != nil && e.cert != nil && m.cfg.Clock.Now().Before(e.cert.Leaf().NotAfter) {
+		return e.cert
+	}
+	return nil
 }
 
 // issue makes a key and CSR, has citadel sign it, checks the result, stores it and schedules
@@ -213,7 +229,7 @@ func (m *Manager) signNew(ctx context.Context, id spiffeid.ID, token string) (*C
 		return nil, err
 	}
 	cert, err := newCertificate(id, key, chain, roots, m.cfg.Clock.Now())
-	if err != nil && !slices.ContainsFunc(roots, chain[len(chain)-1].Equal) {
+	if err != nil && len(chain) > 0 && !slices.ContainsFunc(roots, chain[len(chain)-1].Equal) {
 		// Signed under a root we do not know yet (a rotation): refresh the bundle once.
 		if roots, err = m.refreshBundle(ctx); err == nil {
 			cert, err = newCertificate(id, key, chain, roots, m.cfg.Clock.Now())
@@ -226,7 +242,9 @@ func (m *Manager) scheduleLocked(id spiffeid.ID, e *entry, after time.Duration) 
 	if e.timer != nil {
 		e.timer.Stop()
 	}
-	e.timer = m.cfg.Clock.AfterFunc(max(after, 0), func() { m.renew(id) })
+	// renew blocks until citadel answers; a timer callback must not (a clock may run callbacks on
+	// its own goroutine or, like k8s.io/utils' FakeClock, while holding its lock).
+	e.timer = m.cfg.Clock.AfterFunc(max(after, 0), func() { go m.renew(id) })
 }
 
 // renew runs when a certificate reaches its renewal point or a retry is due.
@@ -242,23 +260,32 @@ func (m *Manager) renew(id spiffeid.ID) {
 		m.cfg.Observe.Dropped(id)
 		return
 	}
-	m.mu.Unlock()
-	ch := m.flight.DoChan(id.String(), func() (any, error) { return m.issue(id) })
-	if r := <-ch; r.Err == nil {
-		return
-	} else {
-		m.mu.Lock()
-		defer m.mu.Unlock()
-		e := m.entries[id]
-		if e == nil || m.closed {
-			return
-		}
-		e.failures++
-		delay := retryDelay(e.failures)
-		m.cfg.Logger.Warn("certificate renewal failed; serving the current one meanwhile",
-			"spiffe_id", id.String(), "err", r.Err, "failures", e.failures, "retry_in", delay)
-		m.scheduleLocked(id, e, delay)
+	var due *Certificate
+	if e := m.entries[id]; e != nil {
+		due = e.cert
 	}
+	m.mu.Unlock()
+	issue := func() (any, error) { return m.issue(id) }
+	r := <-m.flight.DoChan(id.String(), issue)
+	if r.Err == nil && r.Shared && r.Val.(*Certificate) == due {
+		// The timer fired before the flight that made the due certificate had returned, and
+		// joined it: that renewed nothing, and no timer is left. That flight is over now.
+		r = <-m.flight.DoChan(id.String(), issue)
+	}
+	if r.Err == nil {
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e := m.entries[id]
+	if e == nil || m.closed {
+		return
+	}
+	e.failures++
+	delay := retryDelay(e.failures)
+	m.cfg.Logger.Warn("certificate renewal failed; serving the current one meanwhile",
+		"spiffe_id", id.String(), "err", r.Err, "failures", e.failures, "retry_in", delay)
+	m.scheduleLocked(id, e, delay)
 }
 
 // Roots returns the trust bundle, fetching it if the agent has none yet.
@@ -303,10 +330,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		if _, err := m.refreshBundle(ctx); err != nil && ctx.Err() == nil {
 			m.cfg.Logger.Warn("trust bundle refresh failed; serving the current one", "err", err)
 		}
+		t := m.cfg.Clock.NewTimer(m.cfg.Refresh)
 		select {
 		case <-ctx.Done():
+			t.Stop()
 			return nil
-		case <-time.After(m.cfg.Refresh):
+		case <-t.C():
 		}
 	}
 }
