@@ -78,8 +78,9 @@ func (c *Config) Validate() error {
 	if _, err := secrets.ParseKeyType(c.KeyType); err != nil {
 		errs = append(errs, fmt.Errorf("-key-type: %w", err))
 	}
-	if c.RenewJitter < 0 || c.RenewJitter > 0.25 {
-		errs = append(errs, fmt.Errorf("-renew-jitter %v out of range [0, 0.25]", c.RenewJitter))
+	if c.RenewJitter <= 0 || c.RenewJitter > 0.25 {
+		// Zero is refused on purpose: certificates issued together would all renew together.
+		errs = append(errs, fmt.Errorf("-renew-jitter %v out of range (0, 0.25]", c.RenewJitter))
 	}
 	if c.BundleRefresh < time.Second {
 		errs = append(errs, errors.New("-bundle-refresh must be at least 1s"))

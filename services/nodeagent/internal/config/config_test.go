@@ -66,6 +66,7 @@ func TestValidateRejects(t *testing.T) {
 		{"only blank audiences", func(c *Config) { c.TokenAudience = " , " }, "-token-audience"},
 		{"ttl too short", func(c *Config) { c.CertTTL = 30e9 }, "-cert-ttl"},
 		{"jitter too wide", func(c *Config) { c.RenewJitter = 0.3 }, "-renew-jitter"},
+		{"no jitter", func(c *Config) { c.RenewJitter = 0 }, "-renew-jitter"},
 		{"no mTLS", func(c *Config) { c.TLS.CAFile = "" }, "-tls-ca"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -34,8 +34,7 @@ type BundleSource interface {
 	TrustBundle(ctx context.Context) ([]*x509.Certificate, error)
 }
 
-// Observer is told about the manager's work; metrics implement it. nil methods are not allowed;
-// use NopObserver.
+// Observer is told about the manager's work; metrics implement it. It is required.
 type Observer interface {
 	Issued(id spiffeid.ID, leaf *x509.Certificate, took time.Duration)
 	IssueFailed(id spiffeid.ID, err error)
@@ -52,7 +51,7 @@ type Config struct {
 	Observe Observer
 	TTL     time.Duration // requested certificate lifetime
 	KeyType KeyType
-	Jitter  float64       // renewal jitter as a fraction of lifetime; 0 means DefaultJitter
+	Jitter  float64       // renewal jitter as a fraction of lifetime; 0 means DefaultJitter (config refuses 0)
 	Refresh time.Duration // trust bundle poll interval
 	// IssueTimeout bounds one signing attempt, independent of any one caller's context.
 	IssueTimeout time.Duration
@@ -238,13 +237,17 @@ func (m *Manager) signNew(ctx context.Context, id spiffeid.ID, token string) (*C
 	return cert, err
 }
 
+// minRenewDelay keeps a certificate that is already due (e.g. a very short lifetime) from being
+// renewed in a tight loop.
+const minRenewDelay = time.Second
+
 func (m *Manager) scheduleLocked(id spiffeid.ID, e *entry, after time.Duration) {
 	if e.timer != nil {
 		e.timer.Stop()
 	}
 	// renew blocks until citadel answers; a timer callback must not (a clock may run callbacks on
 	// its own goroutine or, like k8s.io/utils' FakeClock, while holding its lock).
-	e.timer = m.cfg.Clock.AfterFunc(max(after, 0), func() { go m.renew(id) })
+	e.timer = m.cfg.Clock.AfterFunc(max(after, minRenewDelay), func() { go m.renew(id) })
 }
 
 // renew runs when a certificate reaches its renewal point or a retry is due.
