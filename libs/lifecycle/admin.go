@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
+	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -17,6 +19,10 @@ type Admin struct {
 	Ready    func() error
 	Logger   *slog.Logger
 }
+
+// ProfilingEnv enables /debug/pprof on every admin endpoint when set to 1. It is off by
+// default: profiles expose memory contents, and the admin port is not authenticated.
+const ProfilingEnv = "PORTCULLIS_PPROF"
 
 // Run listens on Addr and serves until ctx ends.
 func (a Admin) Run(ctx context.Context) error {
@@ -32,6 +38,11 @@ func (a Admin) Run(ctx context.Context) error {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
+	if os.Getenv(ProfilingEnv) == "1" {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		a.Logger.Warn("profiling enabled on the admin endpoint", "env", ProfilingEnv)
+	}
 	lis, err := Listen(a.Logger, "admin", a.Addr)
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
@@ -56,6 +57,9 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	clk := clock.RealClock{}
+	// A verified token is remembered this long (never past its expiry), so a change of the
+	// issuer's keys reaches citadel within it.
+	const verifiedTokenMaxAge = 5 * time.Minute
 	verifier, err := workloadtoken.NewVerifier(workloadtoken.VerifierConfig{
 		Issuer: cfg.TokenIssuer, Audiences: cfg.Audiences(), Keys: keys, Clock: clk,
 	})
@@ -81,7 +85,9 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 		},
 	})
 	iss, err := issuer.New(issuer.Config{
-		TrustDomain: id.TrustDomain(), Pods: a.pods, Verifier: verifier, KMS: kms,
+		TrustDomain: id.TrustDomain(), Pods: a.pods, KMS: kms,
+		// Every renewal and retry of a pod presents the same token: check its signature once.
+		Verifier:   workloadtoken.NewCachedVerifier(verifier, clk, verifiedTokenMaxAge, cfg.CacheSize),
 		DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, CacheSize: cfg.CacheSize,
 		Clock: clk, Metrics: m, Logger: logger,
 	})

@@ -5,15 +5,34 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"time"
 )
 
 const (
 	csrPEMType    = "CERTIFICATE REQUEST"
 	minRSAKeyBits = 2048
 )
+
+// verifiedCSRMaxAge bounds how long a verified CSR is remembered.
+const verifiedCSRMaxAge = 10 * time.Minute
+
+// checkCSR is parseCSR behind a cache of CSRs that already passed, keyed by the SHA-256 of their
+// PEM: a retried or repeated request (the cache-hit path) skips the signature check.
+func (i *Issuer) checkCSR(pemText string) (*x509.CertificateRequest, error) {
+	key, now := sha256.Sum256([]byte(pemText)), i.cfg.Clock.Now()
+	if csr, ok := i.csrs.Get(key, now); ok {
+		return csr, nil
+	}
+	csr, err := parseCSR(pemText)
+	if err == nil {
+		i.csrs.Put(key, csr, now.Add(verifiedCSRMaxAge), now)
+	}
+	return csr, err
+}
 
 // parseCSR accepts exactly one PEM CERTIFICATE REQUEST with a valid self-signature over an ECDSA
 // P-256/P-384 or RSA >= 2048 key. Its names are ignored: the identity comes from the token.

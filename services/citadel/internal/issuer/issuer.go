@@ -15,6 +15,8 @@ package issuer
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +27,7 @@ import (
 	"google.golang.org/grpc"
 	"k8s.io/utils/clock"
 
+	"github.com/portcullis-mesh/portcullis/libs/expirycache"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
@@ -89,6 +92,7 @@ type Config struct {
 type Issuer struct {
 	cfg    Config
 	cache  *certcache.Cache
+	csrs   *expirycache.Cache[[sha256.Size]byte, *x509.CertificateRequest]
 	flight singleflight.Group
 }
 
@@ -110,7 +114,11 @@ func New(cfg Config) (*Issuer, error) {
 	if cfg.SignTimeout == 0 {
 		cfg.SignTimeout = 30 * time.Second
 	}
-	return &Issuer{cfg: cfg, cache: certcache.New(cfg.CacheSize, cfg.Clock)}, nil
+	return &Issuer{
+		cfg:   cfg,
+		cache: certcache.New(cfg.CacheSize, cfg.Clock),
+		csrs:  expirycache.New[[sha256.Size]byte, *x509.CertificateRequest](cfg.CacheSize),
+	}, nil
 }
 
 // Request is one CreateCertificate call.
@@ -149,7 +157,7 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 		}
 		return Result{}, err
 	}
-	csr, err := parseCSR(req.CSR)
+	csr, err := i.checkCSR(req.CSR)
 	if err != nil {
 		m.CSRParsingErrors.Inc()
 		return Result{}, err

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,6 +31,13 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
+)
+
+// A verified token is remembered this long (never past its expiry), so a change of the issuer's
+// keys reaches the agent within it; the cache holds far more entries than a node has pods.
+const (
+	verifiedTokenMaxAge    = 5 * time.Minute
+	verifiedTokenCacheSize = 10000
 )
 
 // App is a configured node agent.
@@ -97,7 +105,9 @@ func (a *App) Run(ctx context.Context) error {
 	})
 	sdsServer := sds.New(sds.Config{
 		Auth: &identity.Authenticator{
-			Verifier: a.verifier, Pods: pods, NodeName: a.cfg.NodeName, TrustDomain: td,
+			// Each SDS stream of a pod presents the same token: check its signature once.
+			Verifier: workloadtoken.NewCachedVerifier(a.verifier, nil, verifiedTokenMaxAge, verifiedTokenCacheSize),
+			Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td,
 		},
 		Secrets: manager, Logger: a.logger, Observe: m,
 	})
