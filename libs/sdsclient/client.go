@@ -91,7 +91,8 @@ type Stream struct {
 	stream   secretv3.SecretDiscoveryService_StreamSecretsClient
 	node     *core.Node
 	names    []string
-	last     *discovery.DiscoveryResponse
+	nonce    string // of the last response received, ACKed or NACKed
+	version  string // of the last response accepted: a NACK reports the version still in use
 	sentNode bool
 }
 
@@ -124,10 +125,7 @@ func (s *Stream) send(names []string, nack error) error {
 	if !s.sentNode {
 		req.Node, s.sentNode = s.node, true
 	}
-	if s.last != nil {
-		req.ResponseNonce = s.last.GetNonce()
-		req.VersionInfo = s.last.GetVersionInfo()
-	}
+	req.ResponseNonce, req.VersionInfo = s.nonce, s.version
 	if nack != nil {
 		req.ErrorDetail = &rpcstatus.Status{Code: int32(codes.InvalidArgument), Message: nack.Error()}
 	}
@@ -141,10 +139,11 @@ func (s *Stream) Recv() (map[string]*tlsv3.Secret, error) {
 		return nil, err
 	}
 	secrets, err := decode(resp)
-	s.last = resp
+	s.nonce = resp.GetNonce()
 	if err != nil {
 		return nil, errors.Join(err, s.send(s.names, err))
 	}
+	s.version = resp.GetVersionInfo()
 	return secrets, s.send(s.names, nil)
 }
 
@@ -169,7 +168,11 @@ func Certificate(s *tlsv3.Secret) (tls.Certificate, error) {
 	if tc == nil {
 		return tls.Certificate{}, fmt.Errorf("secret %q is not a tls_certificate", s.GetName())
 	}
-	return tls.X509KeyPair(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+	kp, err := tls.X509KeyPair(tc.GetCertificateChain().GetInlineBytes(), tc.GetPrivateKey().GetInlineBytes())
+	if err != nil {
+		return tls.Certificate{}, fmt.Errorf("secret %q: %w", s.GetName(), err)
+	}
+	return kp, nil
 }
 
 // Roots turns a validation_context secret into its trusted CA certificates.
