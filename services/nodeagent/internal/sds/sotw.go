@@ -8,39 +8,19 @@ import (
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 )
 
 // StreamSecrets serves a state-of-the-world SDS stream. The union of every name the stream has
 // asked for stays subscribed (MOSN sends one name per request); each response carries them all.
 func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecretsServer) error {
-	ctx, cancel := context.WithCancel(stream.Context())
-	defer cancel()
-	s.cfg.Observe.StreamOpened()
-	defer s.cfg.Observe.StreamClosed()
-	reqs, recvErr := receive(ctx, stream.Recv)
-
-	var req *discovery.DiscoveryRequest
-	select {
-	case req = <-reqs:
-	case err := <-recvErr:
-		if streamEnded(err) {
-			return nil
-		}
-		return err
-	}
-	caller, err := s.authenticate(ctx, req.GetNode())
-	if err != nil {
-		return s.toStatus(err)
-	}
-	sub := s.cfg.Secrets.Subscribe(caller.ID)
-	defer s.cfg.Secrets.Unsubscribe(sub)
-
 	var (
 		names       []string
 		sentVersion string
 		sent        uint64
 	)
-	for {
+	return serveSession(s, stream.Context(), stream.Recv, func(caller identity.Caller, req *discovery.DiscoveryRequest) error {
 		if req != nil {
 			if req.GetErrorDetail() != nil {
 				s.cfg.Observe.Nacked(names, req.GetErrorDetail().GetMessage())
@@ -61,37 +41,28 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 			if grew {
 				sentVersion = "" // the new names must be answered even if nothing else changed
 			}
-			req = nil
 		}
-		res, err := s.build(ctx, caller, names)
+		res, err := s.build(stream.Context(), caller, names)
 		if err != nil {
 			return s.toStatus(err)
 		}
-		if v := sotwVersion(names, res); v != sentVersion {
-			resp := &discovery.DiscoveryResponse{VersionInfo: v, TypeUrl: SecretTypeURL, Nonce: nonce(sent + 1)}
-			for _, n := range names {
-				resp.Resources = append(resp.Resources, res[n].res)
-			}
-			if err := stream.Send(resp); err != nil {
-				return err
-			}
-			sent, sentVersion = sent+1, v
-			for _, n := range names {
-				s.cfg.Observe.Pushed(n)
-			}
-		}
-		select {
-		case req = <-reqs:
-		case <-sub.C:
-		case err := <-recvErr:
-			if streamEnded(err) {
-				return nil
-			}
-			return err
-		case <-ctx.Done():
+		v := sotwVersion(names, res)
+		if v == sentVersion {
 			return nil
 		}
-	}
+		resp := &discovery.DiscoveryResponse{VersionInfo: v, TypeUrl: SecretTypeURL, Nonce: nonce(sent + 1)}
+		for _, n := range names {
+			resp.Resources = append(resp.Resources, res[n].res)
+		}
+		if err := stream.Send(resp); err != nil {
+			return err
+		}
+		sent, sentVersion = sent+1, v
+		for _, n := range names {
+			s.cfg.Observe.Pushed(n)
+		}
+		return nil
+	})
 }
 
 // FetchSecrets answers one request from the cache (issuing what is missing).
