@@ -66,6 +66,19 @@ func (p *Pods) Get(key string) (*mcpv1.Pod, bool) {
 	return pod, ok
 }
 
+// Find returns a pod for which match is true. It scans every pod, so it is for rare paths
+// (certificate renewals), not per-request lookups.
+func (p *Pods) Find(match func(*mcpv1.Pod) bool) (*mcpv1.Pod, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for _, pod := range p.byKey {
+		if match(pod) {
+			return pod, true
+		}
+	}
+	return nil, false
+}
+
 // Len is the number of pods in the view.
 func (p *Pods) Len() int {
 	p.mu.RLock()

@@ -85,7 +85,7 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 		},
 	})
 	iss, err := issuer.New(issuer.Config{
-		TrustDomain: id.TrustDomain(), Pods: a.pods, KMS: kms,
+		TrustDomain: id.TrustDomain(), Pods: a.pods, KMS: kms, Roots: a.bundles.Roots,
 		// Every renewal and retry of a pod presents the same token: check its signature once.
 		Verifier:   workloadtoken.NewCachedVerifier(verifier, clk, verifiedTokenMaxAge, cfg.CacheSize),
 		DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, CacheSize: cfg.CacheSize,

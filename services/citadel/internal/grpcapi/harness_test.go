@@ -113,15 +113,15 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 	}
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
 	h.metrics = metrics.New(prometheus.NewRegistry())
+	bundles := trustbundle.New(trustbundle.Config{KMS: kms, Refresh: time.Minute, Clock: h.clock, Logger: logger})
 	iss, err := issuer.New(issuer.Config{
-		TrustDomain: td, Pods: h.pods, Verifier: verifier, KMS: kms,
+		TrustDomain: td, Pods: h.pods, Verifier: verifier, KMS: kms, Roots: bundles.Roots,
 		DefaultTTL: 24 * time.Hour, MaxTTL: hc.maxTTL, CacheSize: 1000, SyncWait: testSyncWait,
 		Clock: h.clock, Metrics: h.metrics, Logger: logger,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	bundles := trustbundle.New(trustbundle.Config{KMS: kms, Refresh: time.Minute, Clock: h.clock, Logger: logger})
 	srv := NewGRPCServer(citadelID.ServerCredentials(), New(Config{Issuer: iss, Bundles: bundles, Logger: logger}), health.NewServer())
 	h.addr = serve(t, srv)
 	return h

@@ -105,10 +105,11 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
 	res, err := s.cfg.Issuer.Issue(ctx, issuer.Request{
-		Caller: caller,
-		Token:  token,
-		CSR:    req.GetCsr(),
-		TTL:    time.Duration(req.GetValidityDuration()) * time.Second,
+		Caller:  caller,
+		Token:   token,
+		CSR:     req.GetCsr(),
+		TTL:     time.Duration(req.GetValidityDuration()) * time.Second,
+		Renewal: req.GetMetadata(),
 	})
 	if err != nil {
 		st := toStatus(err)

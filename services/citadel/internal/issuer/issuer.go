@@ -25,9 +25,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/types/known/structpb"
 	"k8s.io/utils/clock"
 
 	"github.com/portcullis-mesh/portcullis/libs/expirycache"
+	"github.com/portcullis-mesh/portcullis/libs/renewalproof"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
@@ -53,6 +55,8 @@ var (
 // once the first full pod list has arrived. mcpclient.Pods satisfies it.
 type Pods interface {
 	Get(key string) (*mcpv1.Pod, bool)
+	// Find returns a pod for which match is true (used by renewals, which name no pod).
+	Find(match func(*mcpv1.Pod) bool) (*mcpv1.Pod, bool)
 	Synced() <-chan struct{}
 }
 
@@ -74,9 +78,11 @@ type Config struct {
 	Pods        Pods
 	Verifier    TokenVerifier
 	KMS         KMS
-	DefaultTTL  time.Duration // used when a request asks for no particular validity
-	MaxTTL      time.Duration // longer requests are clamped to it
-	CacheSize   int
+	// Roots returns the workload trust bundle; renewal proofs must chain to it.
+	Roots      func(ctx context.Context) ([]*x509.Certificate, error)
+	DefaultTTL time.Duration // used when a request asks for no particular validity
+	MaxTTL     time.Duration // longer requests are clamped to it
+	CacheSize  int
 	// SyncWait bounds how long a request waits for the first pod list (the request's own deadline
 	// bounds it too); 0 means 5s.
 	SyncWait time.Duration
@@ -101,8 +107,8 @@ func New(cfg Config) (*Issuer, error) {
 	switch {
 	case cfg.TrustDomain.IsZero():
 		return nil, errors.New("issuer: trust domain is required")
-	case cfg.Pods == nil || cfg.Verifier == nil || cfg.KMS == nil || cfg.Clock == nil || cfg.Metrics == nil || cfg.Logger == nil:
-		return nil, errors.New("issuer: pods, verifier, kms, clock, metrics and logger are required")
+	case cfg.Pods == nil || cfg.Verifier == nil || cfg.KMS == nil || cfg.Roots == nil || cfg.Clock == nil || cfg.Metrics == nil || cfg.Logger == nil:
+		return nil, errors.New("issuer: pods, verifier, kms, roots, clock, metrics and logger are required")
 	case cfg.DefaultTTL <= 0 || cfg.MaxTTL < cfg.DefaultTTL:
 		return nil, fmt.Errorf("issuer: need 0 < default ttl (%s) <= max ttl (%s)", cfg.DefaultTTL, cfg.MaxTTL)
 	case cfg.CacheSize <= 0:
@@ -127,6 +133,9 @@ type Request struct {
 	Token  string        // the workload token, "" if none was sent
 	CSR    string        // PEM
 	TTL    time.Duration // requested validity; 0 means the default
+	// Renewal is the request's metadata; without a token it may carry a renewal proof
+	// (libs/renewalproof) by the key of the identity's current certificate.
+	Renewal *structpb.Struct
 }
 
 // Result is an issued chain.
@@ -146,26 +155,38 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 		m.AuthorizationFailures.Inc()
 		return Result{}, fmt.Errorf("%w: %s", ErrNotNodeAgent, servicetls.Describe(req.Caller))
 	}
-	w, err := i.verifyToken(req.Token)
-	if err != nil {
-		m.AuthenticationFailures.Inc()
-		return Result{}, err
-	}
-	if err := i.checkPod(ctx, node, w); err != nil {
-		if errors.Is(err, ErrForbidden) {
-			m.AuthorizationFailures.Inc()
+	var (
+		id  spiffeid.ID
+		csr *x509.CertificateRequest
+		err error
+	)
+	if req.Token == "" && renewalproof.Present(req.Renewal) {
+		if csr, err = i.checkCSR(req.CSR); err != nil {
+			m.CSRParsingErrors.Inc()
+			return Result{}, err
 		}
-		return Result{}, err
-	}
-	csr, err := i.checkCSR(req.CSR)
-	if err != nil {
-		m.CSRParsingErrors.Inc()
-		return Result{}, err
-	}
-	id, err := spiffeid.FromSegments(i.cfg.TrustDomain, "ns", w.Namespace, "sa", w.ServiceAccount)
-	if err != nil {
-		m.AuthorizationFailures.Inc()
-		return Result{}, fmt.Errorf("%w: %s has no valid spiffe id: %v", ErrForbidden, w, err)
+		if id, err = i.authorizeRenewal(ctx, node, req.Renewal, csr); err != nil {
+			countRefusal(m, err)
+			return Result{}, err
+		}
+	} else {
+		w, err := i.verifyToken(req.Token)
+		if err != nil {
+			m.AuthenticationFailures.Inc()
+			return Result{}, err
+		}
+		if err := i.checkPod(ctx, node, w); err != nil {
+			countRefusal(m, err)
+			return Result{}, err
+		}
+		if csr, err = i.checkCSR(req.CSR); err != nil {
+			m.CSRParsingErrors.Inc()
+			return Result{}, err
+		}
+		if id, err = spiffeid.FromSegments(i.cfg.TrustDomain, "ns", w.Namespace, "sa", w.ServiceAccount); err != nil {
+			m.AuthorizationFailures.Inc()
+			return Result{}, fmt.Errorf("%w: %s has no valid spiffe id: %v", ErrForbidden, w, err)
+		}
 	}
 	ttl, err := i.ttl(req.TTL)
 	if err != nil {

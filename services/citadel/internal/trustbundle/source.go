@@ -92,6 +92,23 @@ func (s *Source) Get(ctx context.Context) (*Bundle, error) {
 	return b, nil
 }
 
+// Roots returns the held bundle's roots, parsed.
+func (s *Source) Roots(ctx context.Context) ([]*x509.Certificate, error) {
+	b, err := s.Get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	roots := make([]*x509.Certificate, 0, len(b.Roots))
+	for _, der := range b.Roots {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("parsing trust bundle root: %w", err)
+		}
+		roots = append(roots, c)
+	}
+	return roots, nil
+}
+
 // Current is the held bundle, or nil.
 func (s *Source) Current() *Bundle {
 	s.mu.RLock()
