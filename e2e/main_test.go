@@ -49,6 +49,12 @@ func TestMain(m *testing.M) {
 // fails the test if a service does not stop cleanly.
 func startStack(t testing.TB) (*stack.Stack, string) {
 	t.Helper()
+	return startStackWith(t, nil)
+}
+
+// startStackWith is startStack with extra flags per service binary.
+func startStackWith(t testing.TB, extra map[string][]string) (*stack.Stack, string) {
+	t.Helper()
 	manifests := filepath.Join(t.TempDir(), "manifests")
 	if err := os.CopyFS(manifests, os.DirFS("../examples/cluster")); err != nil {
 		t.Fatal(err)
@@ -61,7 +67,7 @@ func startStack(t testing.TB) (*stack.Stack, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	s, err := stack.Start(ctx, stack.Options{
-		BinDir: binDir, Dir: dir, Manifests: manifests, Nodes: []string{"node-a", "node-b"},
+		BinDir: binDir, Dir: dir, Manifests: manifests, Nodes: []string{"node-a", "node-b"}, Extra: extra,
 	})
 	if err != nil {
 		os.RemoveAll(dir)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/portcullis-mesh/portcullis/libs/renewalproof"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	authv1 "github.com/portcullis-mesh/portcullis/proto/istio/v1/auth"
 	cav1 "github.com/portcullis-mesh/portcullis/proto/portcullis/ca/v1"
@@ -31,13 +32,24 @@ func New(conn grpc.ClientConnInterface) *Client {
 	return &Client{ca: authv1.NewIstioCertificateServiceClient(conn), bundle: cav1.NewTrustBundleServiceClient(conn)}
 }
 
-// Sign forwards the CSR with the workload's token, as istio-agent does.
-func (c *Client) Sign(ctx context.Context, csrPEM []byte, token string, ttl time.Duration) ([]*x509.Certificate, error) {
-	ctx = metadata.AppendToOutgoingContext(ctx, workloadtoken.GRPCMetadataKey, "Bearer "+token)
-	resp, err := c.ca.CreateCertificate(ctx, &authv1.IstioCertificateRequest{
-		Csr:              string(csrPEM),
-		ValidityDuration: int64(ttl / time.Second),
-	})
+// Sign forwards the CSR with the workload's token, as istio-agent does, or with a renewal proof
+// made with the current certificate's key.
+func (c *Client) Sign(ctx context.Context, csrPEM []byte, cred secrets.Credential, ttl time.Duration) ([]*x509.Certificate, error) {
+	req := &authv1.IstioCertificateRequest{Csr: string(csrPEM), ValidityDuration: int64(ttl / time.Second)}
+	if cur := cred.Current; cur != nil {
+		block, _ := pem.Decode(csrPEM)
+		if block == nil {
+			return nil, fmt.Errorf("renewal: csr is not PEM")
+		}
+		proof, err := renewalproof.New(cur.Chain, cur.Key, block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		req.Metadata = proof
+	} else {
+		ctx = metadata.AppendToOutgoingContext(ctx, workloadtoken.GRPCMetadataKey, "Bearer "+cred.Token)
+	}
+	resp, err := c.ca.CreateCertificate(ctx, req)
 	if err != nil {
 		return nil, classify("citadel CreateCertificate", err)
 	}

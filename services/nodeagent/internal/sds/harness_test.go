@@ -345,7 +345,7 @@ func newTestCA(tb testing.TB, clk clock.PassiveClock) *testCA {
 func (ca *testCA) set(f func(*testCA)) { ca.mu.Lock(); defer ca.mu.Unlock(); f(ca) }
 func (ca *testCA) signs() (n int)      { ca.set(func(ca *testCA) { n = ca.signCalls }); return n }
 
-func (ca *testCA) Sign(_ context.Context, csrPEM []byte, _ string, ttl time.Duration) ([]*x509.Certificate, error) {
+func (ca *testCA) Sign(_ context.Context, csrPEM []byte, _ secrets.Credential, ttl time.Duration) ([]*x509.Certificate, error) {
 	ca.mu.Lock()
 	ca.signCalls++
 	failWith, wrongKey := ca.failWith, ca.wrongKey

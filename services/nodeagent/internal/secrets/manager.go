@@ -17,16 +17,45 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
+
+	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 )
 
 // ErrRejected marks a certificate request that citadel refused for good (bad token, wrong node,
 // bad CSR); retrying the same request cannot help.
 var ErrRejected = errors.New("certificate request rejected")
 
-// Signer asks the CA to sign. csrPEM is a PEM CSR; token is the workload's token. It returns the
-// chain leaf first, root last. Errors that retrying cannot fix wrap ErrRejected.
+// Signer asks the CA to sign. csrPEM is a PEM CSR. It returns the chain leaf first, root last.
+// Errors that retrying cannot fix wrap ErrRejected.
 type Signer interface {
-	Sign(ctx context.Context, csrPEM []byte, token string, ttl time.Duration) ([]*x509.Certificate, error)
+	Sign(ctx context.Context, csrPEM []byte, cred Credential, ttl time.Duration) ([]*x509.Certificate, error)
+}
+
+// Credential authenticates a signing request: the workload's token or, for a renewal once that
+// token has gone stale, the identity's current certificate, whose key then signs the new CSR
+// (see libs/renewalproof).
+type Credential struct {
+	Token   string
+	Current *Certificate
+}
+
+// tokenMargin is how long a token must still be valid to be sent; a staler one would expire on
+// the way to citadel.
+const tokenMargin = time.Minute
+
+// credentialLocked picks how to authenticate the next request for e. m.mu must be held.
+func (m *Manager) credentialLocked(e *entry) Credential {
+	now := m.cfg.Clock.Now()
+	if e.cert == nil || !now.Before(e.cert.Leaf().NotAfter) {
+		return Credential{Token: e.token}
+	}
+	// Envoy sends its token once per stream, and streams outlive tokens: renew with the current
+	// certificate once the token is stale. An unreadable token is sent as is, to be refused with
+	// citadel's own explanation.
+	if exp, err := workloadtoken.UnverifiedExpiry(e.token); err == nil && exp.Before(now.Add(tokenMargin)) {
+		return Credential{Current: e.cert}
+	}
+	return Credential{Token: e.token}
 }
 
 // BundleSource returns the current trust bundle roots.
@@ -183,13 +212,13 @@ func (m *Manager) issue(id spiffeid.ID) (*Certificate, error) {
 	defer cancel()
 	start := m.cfg.Clock.Now()
 	m.mu.Lock()
-	token := ""
+	var cred Credential
 	if e := m.entries[id]; e != nil {
-		token = e.token
+		cred = m.credentialLocked(e)
 	}
 	m.mu.Unlock()
 
-	cert, err := m.signNew(ctx, id, token)
+	cert, err := m.signNew(ctx, id, cred)
 	if err != nil {
 		m.cfg.Observe.IssueFailed(id, err)
 		return nil, fmt.Errorf("issuing certificate for %s: %w", id, err)
@@ -210,7 +239,7 @@ func (m *Manager) issue(id spiffeid.ID) (*Certificate, error) {
 	return cert, nil
 }
 
-func (m *Manager) signNew(ctx context.Context, id spiffeid.ID, token string) (*Certificate, error) {
+func (m *Manager) signNew(ctx context.Context, id spiffeid.ID, cred Credential) (*Certificate, error) {
 	key, err := m.cfg.KeyType.generate()
 	if err != nil {
 		return nil, fmt.Errorf("generating key: %w", err)
@@ -219,7 +248,7 @@ func (m *Manager) signNew(ctx context.Context, id spiffeid.ID, token string) (*C
 	if err != nil {
 		return nil, err
 	}
-	chain, err := m.cfg.Signer.Sign(ctx, csr, token, m.cfg.TTL)
+	chain, err := m.cfg.Signer.Sign(ctx, csr, cred, m.cfg.TTL)
 	if err != nil {
 		return nil, err
 	}

@@ -37,6 +37,7 @@ type testCA struct {
 	signCalls   int
 	bundleCalls int
 	tokens      []string
+	creds       []Credential
 	failWith    error // Sign returns it
 	wrongKey    bool  // Sign certifies a fresh key instead of the CSR's
 	wrongID     bool  // Sign names another identity than the CSR
@@ -87,10 +88,11 @@ func (ca *testCA) lastToken() string {
 	return ca.tokens[len(ca.tokens)-1]
 }
 
-func (ca *testCA) Sign(ctx context.Context, csrPEM []byte, token string, ttl time.Duration) ([]*x509.Certificate, error) {
+func (ca *testCA) Sign(ctx context.Context, csrPEM []byte, cred Credential, ttl time.Duration) ([]*x509.Certificate, error) {
 	ca.mu.Lock()
 	ca.signCalls++
-	ca.tokens = append(ca.tokens, token)
+	ca.tokens = append(ca.tokens, cred.Token)
+	ca.creds = append(ca.creds, cred)
 	gate, failWith, wrongKey, wrongID, empty := ca.gate, ca.failWith, ca.wrongKey, ca.wrongID, ca.emptyChain
 	root, inter, interKey := ca.root, ca.inter, ca.interKey
 	ca.mu.Unlock()
