@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"fmt"
 	"math/big"
 	"net/url"
 	"os"
@@ -27,14 +28,17 @@ var (
 	benchOnce  sync.Once
 	benchState struct {
 		s     *stack.Stack
-		ca    authv1.IstioCertificateServiceClient
+		ca    []authv1.IstioCertificateServiceClient // one connection per simulated node agent
 		ctx   context.Context
 		error error
 	}
 	benchCleanup []func()
 )
 
-func benchSetup(b *testing.B) (authv1.IstioCertificateServiceClient, context.Context) {
+// benchAgents is how many node agents (connections) the benchmarks simulate.
+const benchAgents = 4
+
+func benchSetup(b *testing.B) ([]authv1.IstioCertificateServiceClient, context.Context) {
 	benchOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "pc-bench-")
 		if err != nil {
@@ -55,13 +59,16 @@ func benchSetup(b *testing.B) (authv1.IstioCertificateServiceClient, context.Con
 			return
 		}
 		benchState.ctx = metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+tok)
-		conn, err := dialCitadel(s, "bench-agent")
-		if err != nil {
-			benchState.error = err
-			return
+		// Citadel serves many node agents, each on its own connection; so do the benchmarks.
+		for n := range benchAgents {
+			conn, err := dialCitadel(s, fmt.Sprintf("bench-agent-%d", n))
+			if err != nil {
+				benchState.error = err
+				return
+			}
+			benchCleanup = append(benchCleanup, func() { conn.Close() })
+			benchState.ca = append(benchState.ca, authv1.NewIstioCertificateServiceClient(conn))
 		}
-		benchCleanup = append(benchCleanup, func() { conn.Close() })
-		benchState.ca = authv1.NewIstioCertificateServiceClient(conn)
 	})
 	if benchState.error != nil {
 		b.Fatal(benchState.error)
@@ -72,15 +79,16 @@ func benchSetup(b *testing.B) (authv1.IstioCertificateServiceClient, context.Con
 // BenchmarkCitadelSignMiss: CSRs/s through citadel + kms-adapter (local CA) over mTLS gRPC,
 // every request a new key, so every one is a cache miss that kms-adapter signs.
 func BenchmarkCitadelSignMiss(b *testing.B) {
-	ca, ctx := benchSetup(b)
+	agents, ctx := benchSetup(b)
 	csrs := make([]string, b.N)
 	for i := range csrs {
 		csrs[i] = newCSR(b)
 	}
-	var next atomic.Int64
+	var next, worker atomic.Int64
 	b.SetParallelism(8)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
+		ca := agents[worker.Add(1)%benchAgents]
 		for pb.Next() {
 			i := next.Add(1) - 1
 			if _, err := ca.CreateCertificate(ctx, &authv1.IstioCertificateRequest{Csr: csrs[i], ValidityDuration: 3600}); err != nil {
@@ -94,14 +102,16 @@ func BenchmarkCitadelSignMiss(b *testing.B) {
 
 // BenchmarkCitadelCacheHit: the same CSR again and again: citadel answers from its cache.
 func BenchmarkCitadelCacheHit(b *testing.B) {
-	ca, ctx := benchSetup(b)
+	agents, ctx := benchSetup(b)
 	req := &authv1.IstioCertificateRequest{Csr: newCSR(b), ValidityDuration: 3600}
-	if _, err := ca.CreateCertificate(ctx, req); err != nil {
+	if _, err := agents[0].CreateCertificate(ctx, req); err != nil {
 		b.Fatal(err)
 	}
+	var worker atomic.Int64
 	b.SetParallelism(8)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
+		ca := agents[worker.Add(1)%benchAgents]
 		for pb.Next() {
 			if _, err := ca.CreateCertificate(ctx, req); err != nil {
 				b.Error(err)
