@@ -14,6 +14,8 @@ import (
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	sotw "github.com/envoyproxy/go-control-plane/pkg/client/sotw/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 )
 
@@ -49,7 +51,15 @@ func Watch(ctx context.Context, cfg Config) error {
 		if received {
 			backoff = 100 * time.Millisecond
 		}
-		cfg.Logger.Warn("mcp stream broken, reconnecting", "type_url", cfg.TypeURL, "err", err, "retry_in", backoff)
+		switch status.Code(err) {
+		case codes.PermissionDenied, codes.Unauthenticated:
+			// Retrying cannot help until the certificate or node name is fixed, but it may be (a
+			// rotated certificate), so keep trying, loudly.
+			cfg.Logger.Error("mcp-sync refuses this client; check its certificate and node name",
+				"type_url", cfg.TypeURL, "node_id", cfg.NodeID, "err", err, "retry_in", backoff)
+		default:
+			cfg.Logger.Warn("mcp stream broken, reconnecting", "type_url", cfg.TypeURL, "err", err, "retry_in", backoff)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
