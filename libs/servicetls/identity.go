@@ -5,12 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"flag"
-	"fmt"
 
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/credentials"
 )
 
@@ -37,37 +34,39 @@ func (f Files) Validate() error {
 }
 
 // Identity is a loaded service certificate with the control-plane CA bundle it trusts.
+//
+// Rotating the files on disk is enough to rotate the identity: every handshake uses the current
+// files (see fileSource), so no restart is needed.
 type Identity struct {
-	svid   *x509svid.SVID
-	bundle *x509bundle.Bundle
+	id     spiffeid.ID
+	source *fileSource
 }
 
 // Load reads and checks the files: the certificate must carry a SPIFFE ID and match the key.
 func Load(f Files) (*Identity, error) {
-	svid, err := x509svid.Load(f.CertFile, f.KeyFile)
+	source, err := newFileSource(f)
 	if err != nil {
-		return nil, fmt.Errorf("loading service certificate %s: %w", f.CertFile, err)
+		return nil, err
 	}
-	bundle, err := x509bundle.Load(svid.ID.TrustDomain(), f.CAFile)
-	if err != nil {
-		return nil, fmt.Errorf("loading control-plane CA %s: %w", f.CAFile, err)
-	}
-	return &Identity{svid: svid, bundle: bundle}, nil
+	return &Identity{id: source.svid.ID, source: source}, nil
 }
 
 // ID is the service's own SPIFFE ID.
-func (i *Identity) ID() spiffeid.ID { return i.svid.ID }
+func (i *Identity) ID() spiffeid.ID { return i.id }
 
 // TrustDomain is the trust domain of the service's own ID.
-func (i *Identity) TrustDomain() spiffeid.TrustDomain { return i.svid.ID.TrustDomain() }
+func (i *Identity) TrustDomain() spiffeid.TrustDomain { return i.id.TrustDomain() }
+
+// ReloadError says why the last change to the files was not taken (nil if it was, or none came).
+func (i *Identity) ReloadError() error { return i.source.ReloadError() }
 
 // ServerTLS asks every client for a certificate and verifies any it gets against the control-plane
 // CA. A client without one still completes the handshake, so that the RPC layer can refuse it with
 // a clear gRPC error (see PeerID) instead of an opaque TLS alert.
 func (i *Identity) ServerTLS() *tls.Config {
-	conf := tlsconfig.TLSServerConfig(i.svid)
+	conf := tlsconfig.TLSServerConfig(i.source)
 	conf.ClientAuth = tls.RequestClientCert
-	verify := tlsconfig.VerifyPeerCertificate(i.bundle, tlsconfig.AuthorizeMemberOf(i.TrustDomain()))
+	verify := tlsconfig.VerifyPeerCertificate(i.source, tlsconfig.AuthorizeMemberOf(i.TrustDomain()))
 	conf.VerifyPeerCertificate = func(raw [][]byte, chains [][]*x509.Certificate) error {
 		if len(raw) == 0 {
 			return nil
@@ -84,5 +83,5 @@ func (i *Identity) ServerCredentials() credentials.TransportCredentials {
 
 // ClientCredentials dials a server that must present exactly the given ID.
 func (i *Identity) ClientCredentials(server spiffeid.ID) credentials.TransportCredentials {
-	return credentials.NewTLS(tlsconfig.MTLSClientConfig(i.svid, i.bundle, tlsconfig.AuthorizeID(server)))
+	return credentials.NewTLS(tlsconfig.MTLSClientConfig(i.source, i.source, tlsconfig.AuthorizeID(server)))
 }
