@@ -29,12 +29,18 @@ func (s *Server) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSecret
 			if err := checkNames(caller, req.GetResourceNamesSubscribe()); err != nil {
 				return s.toStatus(err)
 			}
+			added := false
 			for _, n := range req.GetResourceNamesSubscribe() {
+				added = added || !subscribed[n]
 				subscribed[n] = true
 			}
 			for _, n := range req.GetResourceNamesUnsubscribe() {
 				delete(subscribed, n)
 				delete(sentVersions, n)
+			}
+			if !added {
+				// An ACK, NACK or unsubscription: nothing to send; changes arrive on the subscription.
+				return nil
 			}
 		}
 		names := slices.Sorted(maps.Keys(subscribed))

@@ -38,9 +38,11 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 			if len(names) == 0 {
 				return s.toStatus(errNoNames)
 			}
-			if grew {
-				sentVersion = "" // the new names must be answered even if nothing else changed
+			if !grew {
+				// An ACK or NACK: nothing new was asked, and changes arrive on the subscription.
+				return nil
 			}
+			sentVersion = "" // the new names must be answered even if nothing else changed
 		}
 		res, err := s.build(stream.Context(), caller, names)
 		if err != nil {

@@ -179,10 +179,11 @@ func TestStreamPushesRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	leaf1 := h.verified(t, first, sds.DefaultName, cartID)
-	// Recv ACKed; once the server has handled the ACK, only the renewal itself can cause a push.
-	// Three builds: the first response, the wakeup of this stream's own subscription by that first
-	// issuance (bundle fetched, certificate issued; coalesced), and the ACK.
-	eventually(t, "the ACK to be handled", func() bool { return h.secrets.certificateCalls() >= 3 })
+	// Recv ACKed; an ACK builds nothing, so once the stream has settled only the renewal itself
+	// can cause a push.
+	// Two builds: the first response, and the wakeup of this stream's own subscription by that
+	// first issuance (bundle fetched, certificate issued; coalesced).
+	eventually(t, "the stream to settle", func() bool { return h.secrets.certificateCalls() >= 2 })
 
 	h.renewalPoint(leaf1) // the manager renews on its timer and the stream pushes
 	second, err := s.Recv()
@@ -325,5 +326,35 @@ func TestStreamNACKDoesNotCauseResend(t *testing.T) {
 	}
 	if n := h.obs.pushCount(sds.DefaultName); n != 2 {
 		t.Fatalf("default pushed %d times, want 2 (first and renewal)", n)
+	}
+}
+
+// An ACK answers nothing and must not rebuild the stream's secrets (which re-encodes the private
+// key): with thousands of streams, every push would otherwise cost a second build.
+func TestAckBuildsNothing(t *testing.T) {
+	h := newHarness(t, options{})
+	ctx := testCtx(t)
+	s, err := h.client.Open(ctx, "sidecar~cart", h.cred(t, cart))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Request(true, sds.DefaultName); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil { // Recv ACKs
+		t.Fatal(err)
+	}
+	// One build for the first response, one for the subscription wakeup of that first issuance.
+	eventually(t, "the stream to settle", func() bool { return h.secrets.certificateCalls() >= 2 })
+	// Requests are handled in order: once this one is answered, the ACK before it has been too.
+	if err := s.Request(false, cartID.String()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	// The new name's build looks up two names ("default" and the SPIFFE ID).
+	if got := h.secrets.certificateCalls(); got != 4 {
+		t.Fatalf("%d certificate lookups, want 4: the ACK must not have rebuilt the stream", got)
 	}
 }
