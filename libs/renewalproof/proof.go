@@ -17,13 +17,14 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/portcullis-mesh/portcullis/libs/pemcerts"
 )
 
 // Metadata keys of the proof.
@@ -54,15 +55,15 @@ func New(chain []*x509.Certificate, key crypto.Signer, csrDER []byte) (*structpb
 	if err != nil {
 		return nil, fmt.Errorf("signing renewal proof: %w", err)
 	}
-	var chainPEM bytes.Buffer
+	var presented []*x509.Certificate
 	for _, c := range chain {
 		if c.IsCA && bytes.Equal(c.RawIssuer, c.RawSubject) {
 			continue // the root is the verifier's to supply
 		}
-		_ = pem.Encode(&chainPEM, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		presented = append(presented, c)
 	}
 	return &structpb.Struct{Fields: map[string]*structpb.Value{
-		ChainKey:     structpb.NewStringValue(chainPEM.String()),
+		ChainKey:     structpb.NewStringValue(string(pemcerts.Encode(presented))),
 		SignatureKey: structpb.NewStringValue(base64.StdEncoding.EncodeToString(sig)),
 	}}, nil
 }
@@ -119,21 +120,12 @@ func Verify(md *structpb.Struct, csrDER []byte, roots []*x509.Certificate, now t
 }
 
 func parseChain(text string) ([]*x509.Certificate, error) {
-	var chain []*x509.Certificate
-	rest := []byte(text)
-	for {
-		var block *pem.Block
-		if block, rest = pem.Decode(rest); block == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%w: chain: %v", ErrInvalid, err)
-		}
-		chain = append(chain, c)
-	}
-	if len(chain) == 0 {
+	chain, err := pemcerts.Parse([]byte(text))
+	switch {
+	case errors.Is(err, pemcerts.ErrNone):
 		return nil, fmt.Errorf("%w: no current certificate", ErrInvalid)
+	case err != nil:
+		return nil, fmt.Errorf("%w: chain: %v", ErrInvalid, err)
 	}
 	return chain, nil
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -23,6 +22,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/portcullis-mesh/portcullis/libs/pemcerts"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 )
 
@@ -181,22 +181,12 @@ func Roots(s *tlsv3.Secret) ([]*x509.Certificate, error) {
 	if vc == nil {
 		return nil, fmt.Errorf("secret %q is not a validation_context", s.GetName())
 	}
-	var roots []*x509.Certificate
-	rest := vc.GetTrustedCa().GetInlineBytes()
-	for {
-		var block *pem.Block
-		block, rest = pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parsing trusted ca of %q: %w", s.GetName(), err)
-		}
-		roots = append(roots, cert)
-	}
-	if len(roots) == 0 {
+	roots, err := pemcerts.Parse(vc.GetTrustedCa().GetInlineBytes())
+	switch {
+	case errors.Is(err, pemcerts.ErrNone):
 		return nil, fmt.Errorf("secret %q has no trusted ca", s.GetName())
+	case err != nil:
+		return nil, fmt.Errorf("parsing trusted ca of %q: %w", s.GetName(), err)
 	}
 	return roots, nil
 }

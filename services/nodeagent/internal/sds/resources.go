@@ -12,6 +12,7 @@ import (
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/portcullis-mesh/portcullis/libs/pemcerts"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
@@ -56,7 +57,7 @@ func (s *Server) build(ctx context.Context, caller identity.Caller, names []stri
 		if name == RootCAName {
 			roots, err := retry(ctx, s.cfg.Logger, func() ([]byte, error) {
 				r, err := s.cfg.Secrets.Roots(ctx)
-				return secrets.EncodeRoots(r), err
+				return pemcerts.Encode(r), err
 			})
 			if err != nil {
 				return nil, err

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/portcullis-mesh/portcullis/libs/pemcerts"
 )
 
 // KeyType is the kind of private key the agent makes for workloads.
@@ -97,18 +99,18 @@ func newCertificate(id spiffeid.ID, key crypto.Signer, chain []*x509.Certificate
 	if err != nil {
 		return nil, fmt.Errorf("encoding key: %w", err)
 	}
-	var chainPEM bytes.Buffer
+	var presented []*x509.Certificate
 	for _, c := range chain {
 		if isSelfSigned(c) && len(chain) > 1 {
 			continue // the root travels in ROOTCA, not in the presented chain
 		}
-		_ = pem.Encode(&chainPEM, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+		presented = append(presented, c)
 	}
 	return &Certificate{
 		ID:       id,
 		Chain:    chain,
 		Key:      key,
-		ChainPEM: chainPEM.Bytes(),
+		ChainPEM: pemcerts.Encode(presented),
 		KeyPEM:   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
 	}, nil
 }
@@ -121,13 +123,4 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	type equaler interface{ Equal(crypto.PublicKey) bool }
 	ea, ok := a.(equaler)
 	return ok && ea.Equal(b)
-}
-
-// EncodeRoots renders roots as the PEM bundle of a validation_context.
-func EncodeRoots(roots []*x509.Certificate) []byte {
-	var b bytes.Buffer
-	for _, r := range roots {
-		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})
-	}
-	return b.Bytes()
 }
