@@ -61,6 +61,9 @@ type SignRequest struct {
 type Bundle struct {
 	TrustDomain spiffeid.TrustDomain
 	Roots       []*x509.Certificate
+	// Version increases whenever the set of roots changes; 0 means the backend does not version
+	// its bundle (consumers then compare the roots themselves).
+	Version uint64
 }
 
 // SigningChainer is implemented by backends that can describe the CA chain they sign with without
