@@ -64,8 +64,11 @@ type GetTrustBundleResponse struct {
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	// DER-encoded root certificates; more than one while roots overlap during a rotation.
 	RootCertificates [][]byte `protobuf:"bytes,2,rep,name=root_certificates,json=rootCertificates,proto3" json:"root_certificates,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Increases whenever the set of roots changes (0: unversioned). A rotation event names the
+	// version it produced, so an agent can tell whether citadel has caught up with it yet.
+	Version       uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetTrustBundleResponse) Reset() {
@@ -112,15 +115,23 @@ func (x *GetTrustBundleResponse) GetRootCertificates() [][]byte {
 	return nil
 }
 
+func (x *GetTrustBundleResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 var File_portcullis_ca_v1_ca_proto protoreflect.FileDescriptor
 
 const file_portcullis_ca_v1_ca_proto_rawDesc = "" +
 	"\n" +
 	"\x19portcullis/ca/v1/ca.proto\x12\x10portcullis.ca.v1\"\x17\n" +
-	"\x15GetTrustBundleRequest\"h\n" +
+	"\x15GetTrustBundleRequest\"\x82\x01\n" +
 	"\x16GetTrustBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12+\n" +
-	"\x11root_certificates\x18\x02 \x03(\fR\x10rootCertificates2{\n" +
+	"\x11root_certificates\x18\x02 \x03(\fR\x10rootCertificates\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion2{\n" +
 	"\x12TrustBundleService\x12e\n" +
 	"\x0eGetTrustBundle\x12'.portcullis.ca.v1.GetTrustBundleRequest\x1a(.portcullis.ca.v1.GetTrustBundleResponse\"\x00BCZAgithub.com/portcullis-mesh/portcullis/proto/portcullis/ca/v1;cav1b\x06proto3"
 

@@ -23,6 +23,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RotationStep int32
+
+const (
+	RotationStep_ROTATION_STEP_UNSPECIFIED RotationStep = 0
+	RotationStep_ROTATION_STEP_PREPARE     RotationStep = 1
+	RotationStep_ROTATION_STEP_ACTIVATE    RotationStep = 2
+	RotationStep_ROTATION_STEP_RETIRE      RotationStep = 3
+)
+
+// Enum value maps for RotationStep.
+var (
+	RotationStep_name = map[int32]string{
+		0: "ROTATION_STEP_UNSPECIFIED",
+		1: "ROTATION_STEP_PREPARE",
+		2: "ROTATION_STEP_ACTIVATE",
+		3: "ROTATION_STEP_RETIRE",
+	}
+	RotationStep_value = map[string]int32{
+		"ROTATION_STEP_UNSPECIFIED": 0,
+		"ROTATION_STEP_PREPARE":     1,
+		"ROTATION_STEP_ACTIVATE":    2,
+		"ROTATION_STEP_RETIRE":      3,
+	}
+)
+
+func (x RotationStep) Enum() *RotationStep {
+	p := new(RotationStep)
+	*p = x
+	return p
+}
+
+func (x RotationStep) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RotationStep) Descriptor() protoreflect.EnumDescriptor {
+	return file_portcullis_kms_v1_kms_proto_enumTypes[0].Descriptor()
+}
+
+func (RotationStep) Type() protoreflect.EnumType {
+	return &file_portcullis_kms_v1_kms_proto_enumTypes[0]
+}
+
+func (x RotationStep) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RotationStep.Descriptor instead.
+func (RotationStep) EnumDescriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{0}
+}
+
 type SignCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER-encoded PKCS#10 certificate signing request.
@@ -172,8 +224,10 @@ type GetTrustBundleResponse struct {
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	// DER-encoded root certificates; more than one while roots overlap during a rotation.
 	RootCertificates [][]byte `protobuf:"bytes,2,rep,name=root_certificates,json=rootCertificates,proto3" json:"root_certificates,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Increases whenever the set of roots changes (0: the backend does not version its bundle).
+	Version       uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetTrustBundleResponse) Reset() {
@@ -220,6 +274,443 @@ func (x *GetTrustBundleResponse) GetRootCertificates() [][]byte {
 	return nil
 }
 
+func (x *GetTrustBundleResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+type GetCAStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetCAStatusRequest) Reset() {
+	*x = GetCAStatusRequest{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetCAStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetCAStatusRequest) ProtoMessage() {}
+
+func (x *GetCAStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetCAStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetCAStatusRequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{4}
+}
+
+type RotateCARequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Step  RotationStep           `protobuf:"varint,1,opt,name=step,proto3,enum=portcullis.kms.v1.RotationStep" json:"step,omitempty"`
+	// RETIRE only: drop previous roots now, even if leaves they signed may still be valid.
+	Force         bool `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateCARequest) Reset() {
+	*x = RotateCARequest{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateCARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateCARequest) ProtoMessage() {}
+
+func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
+func (*RotateCARequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RotateCARequest) GetStep() RotationStep {
+	if x != nil {
+		return x.Step
+	}
+	return RotationStep_ROTATION_STEP_UNSPECIFIED
+}
+
+func (x *RotateCARequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type CAInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// DER root certificate.
+	Root []byte `protobuf:"bytes,1,opt,name=root,proto3" json:"root,omitempty"`
+	// Seconds since the epoch; previous CAs only: when the schedule drops the root.
+	RetireAtUnix  int64 `protobuf:"varint,2,opt,name=retire_at_unix,json=retireAtUnix,proto3" json:"retire_at_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CAInfo) Reset() {
+	*x = CAInfo{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CAInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CAInfo) ProtoMessage() {}
+
+func (x *CAInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CAInfo.ProtoReflect.Descriptor instead.
+func (*CAInfo) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *CAInfo) GetRoot() []byte {
+	if x != nil {
+		return x.Root
+	}
+	return nil
+}
+
+func (x *CAInfo) GetRetireAtUnix() int64 {
+	if x != nil {
+		return x.RetireAtUnix
+	}
+	return 0
+}
+
+type CAStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BundleVersion uint64                 `protobuf:"varint,1,opt,name=bundle_version,json=bundleVersion,proto3" json:"bundle_version,omitempty"`
+	Active        *CAInfo                `protobuf:"bytes,2,opt,name=active,proto3" json:"active,omitempty"`
+	// Unset when no CA is prepared.
+	Next           *CAInfo      `protobuf:"bytes,3,opt,name=next,proto3" json:"next,omitempty"`
+	Previous       []*CAInfo    `protobuf:"bytes,4,rep,name=previous,proto3" json:"previous,omitempty"`
+	NextStep       RotationStep `protobuf:"varint,5,opt,name=next_step,json=nextStep,proto3,enum=portcullis.kms.v1.RotationStep" json:"next_step,omitempty"`
+	NextStepAtUnix int64        `protobuf:"varint,6,opt,name=next_step_at_unix,json=nextStepAtUnix,proto3" json:"next_step_at_unix,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CAStatus) Reset() {
+	*x = CAStatus{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CAStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CAStatus) ProtoMessage() {}
+
+func (x *CAStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CAStatus.ProtoReflect.Descriptor instead.
+func (*CAStatus) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *CAStatus) GetBundleVersion() uint64 {
+	if x != nil {
+		return x.BundleVersion
+	}
+	return 0
+}
+
+func (x *CAStatus) GetActive() *CAInfo {
+	if x != nil {
+		return x.Active
+	}
+	return nil
+}
+
+func (x *CAStatus) GetNext() *CAInfo {
+	if x != nil {
+		return x.Next
+	}
+	return nil
+}
+
+func (x *CAStatus) GetPrevious() []*CAInfo {
+	if x != nil {
+		return x.Previous
+	}
+	return nil
+}
+
+func (x *CAStatus) GetNextStep() RotationStep {
+	if x != nil {
+		return x.NextStep
+	}
+	return RotationStep_ROTATION_STEP_UNSPECIFIED
+}
+
+func (x *CAStatus) GetNextStepAtUnix() int64 {
+	if x != nil {
+		return x.NextStepAtUnix
+	}
+	return 0
+}
+
+type ForceRotateIdentityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForceRotateIdentityRequest) Reset() {
+	*x = ForceRotateIdentityRequest{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForceRotateIdentityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForceRotateIdentityRequest) ProtoMessage() {}
+
+func (x *ForceRotateIdentityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForceRotateIdentityRequest.ProtoReflect.Descriptor instead.
+func (*ForceRotateIdentityRequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ForceRotateIdentityRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *ForceRotateIdentityRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ForceRotateIdentityResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sequence number of the event announcing it.
+	EventSequence uint64 `protobuf:"varint,1,opt,name=event_sequence,json=eventSequence,proto3" json:"event_sequence,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForceRotateIdentityResponse) Reset() {
+	*x = ForceRotateIdentityResponse{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForceRotateIdentityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForceRotateIdentityResponse) ProtoMessage() {}
+
+func (x *ForceRotateIdentityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForceRotateIdentityResponse.ProtoReflect.Descriptor instead.
+func (*ForceRotateIdentityResponse) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ForceRotateIdentityResponse) GetEventSequence() uint64 {
+	if x != nil {
+		return x.EventSequence
+	}
+	return 0
+}
+
+type RevokeIdentityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeIdentityRequest) Reset() {
+	*x = RevokeIdentityRequest{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeIdentityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeIdentityRequest) ProtoMessage() {}
+
+func (x *RevokeIdentityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeIdentityRequest.ProtoReflect.Descriptor instead.
+func (*RevokeIdentityRequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RevokeIdentityRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *RevokeIdentityRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RevokeIdentityResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EventSequence uint64                 `protobuf:"varint,1,opt,name=event_sequence,json=eventSequence,proto3" json:"event_sequence,omitempty"`
+	// Seconds since the epoch: certificates of the identity issued before it are revoked.
+	RevokedBeforeUnix int64 `protobuf:"varint,2,opt,name=revoked_before_unix,json=revokedBeforeUnix,proto3" json:"revoked_before_unix,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RevokeIdentityResponse) Reset() {
+	*x = RevokeIdentityResponse{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeIdentityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeIdentityResponse) ProtoMessage() {}
+
+func (x *RevokeIdentityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeIdentityResponse.ProtoReflect.Descriptor instead.
+func (*RevokeIdentityResponse) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RevokeIdentityResponse) GetEventSequence() uint64 {
+	if x != nil {
+		return x.EventSequence
+	}
+	return 0
+}
+
+func (x *RevokeIdentityResponse) GetRevokedBeforeUnix() int64 {
+	if x != nil {
+		return x.RevokedBeforeUnix
+	}
+	return 0
+}
+
 var File_portcullis_kms_v1_kms_proto protoreflect.FileDescriptor
 
 const file_portcullis_kms_v1_kms_proto_rawDesc = "" +
@@ -233,13 +724,49 @@ const file_portcullis_kms_v1_kms_proto_rawDesc = "" +
 	"\x17SignCertificateResponse\x12\x1d\n" +
 	"\n" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\"\x17\n" +
-	"\x15GetTrustBundleRequest\"h\n" +
+	"\x15GetTrustBundleRequest\"\x82\x01\n" +
 	"\x16GetTrustBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12+\n" +
-	"\x11root_certificates\x18\x02 \x03(\fR\x10rootCertificates2\xeb\x01\n" +
+	"\x11root_certificates\x18\x02 \x03(\fR\x10rootCertificates\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\"\x14\n" +
+	"\x12GetCAStatusRequest\"\\\n" +
+	"\x0fRotateCARequest\x123\n" +
+	"\x04step\x18\x01 \x01(\x0e2\x1f.portcullis.kms.v1.RotationStepR\x04step\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"B\n" +
+	"\x06CAInfo\x12\x12\n" +
+	"\x04root\x18\x01 \x01(\fR\x04root\x12$\n" +
+	"\x0eretire_at_unix\x18\x02 \x01(\x03R\fretireAtUnix\"\xb3\x02\n" +
+	"\bCAStatus\x12%\n" +
+	"\x0ebundle_version\x18\x01 \x01(\x04R\rbundleVersion\x121\n" +
+	"\x06active\x18\x02 \x01(\v2\x19.portcullis.kms.v1.CAInfoR\x06active\x12-\n" +
+	"\x04next\x18\x03 \x01(\v2\x19.portcullis.kms.v1.CAInfoR\x04next\x125\n" +
+	"\bprevious\x18\x04 \x03(\v2\x19.portcullis.kms.v1.CAInfoR\bprevious\x12<\n" +
+	"\tnext_step\x18\x05 \x01(\x0e2\x1f.portcullis.kms.v1.RotationStepR\bnextStep\x12)\n" +
+	"\x11next_step_at_unix\x18\x06 \x01(\x03R\x0enextStepAtUnix\"Q\n" +
+	"\x1aForceRotateIdentityRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"D\n" +
+	"\x1bForceRotateIdentityResponse\x12%\n" +
+	"\x0eevent_sequence\x18\x01 \x01(\x04R\reventSequence\"L\n" +
+	"\x15RevokeIdentityRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"o\n" +
+	"\x16RevokeIdentityResponse\x12%\n" +
+	"\x0eevent_sequence\x18\x01 \x01(\x04R\reventSequence\x12.\n" +
+	"\x13revoked_before_unix\x18\x02 \x01(\x03R\x11revokedBeforeUnix*~\n" +
+	"\fRotationStep\x12\x1d\n" +
+	"\x19ROTATION_STEP_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15ROTATION_STEP_PREPARE\x10\x01\x12\x1a\n" +
+	"\x16ROTATION_STEP_ACTIVATE\x10\x02\x12\x18\n" +
+	"\x14ROTATION_STEP_RETIRE\x10\x032\xeb\x01\n" +
 	"\x14KeyManagementService\x12j\n" +
 	"\x0fSignCertificate\x12).portcullis.kms.v1.SignCertificateRequest\x1a*.portcullis.kms.v1.SignCertificateResponse\"\x00\x12g\n" +
-	"\x0eGetTrustBundle\x12(.portcullis.kms.v1.GetTrustBundleRequest\x1a).portcullis.kms.v1.GetTrustBundleResponse\"\x00BEZCgithub.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1;kmsv1b\x06proto3"
+	"\x0eGetTrustBundle\x12(.portcullis.kms.v1.GetTrustBundleRequest\x1a).portcullis.kms.v1.GetTrustBundleResponse\"\x002\x96\x03\n" +
+	"\x0fKMSAdminService\x12S\n" +
+	"\vGetCAStatus\x12%.portcullis.kms.v1.GetCAStatusRequest\x1a\x1b.portcullis.kms.v1.CAStatus\"\x00\x12M\n" +
+	"\bRotateCA\x12\".portcullis.kms.v1.RotateCARequest\x1a\x1b.portcullis.kms.v1.CAStatus\"\x00\x12v\n" +
+	"\x13ForceRotateIdentity\x12-.portcullis.kms.v1.ForceRotateIdentityRequest\x1a..portcullis.kms.v1.ForceRotateIdentityResponse\"\x00\x12g\n" +
+	"\x0eRevokeIdentity\x12(.portcullis.kms.v1.RevokeIdentityRequest\x1a).portcullis.kms.v1.RevokeIdentityResponse\"\x00BEZCgithub.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1;kmsv1b\x06proto3"
 
 var (
 	file_portcullis_kms_v1_kms_proto_rawDescOnce sync.Once
@@ -253,23 +780,46 @@ func file_portcullis_kms_v1_kms_proto_rawDescGZIP() []byte {
 	return file_portcullis_kms_v1_kms_proto_rawDescData
 }
 
-var file_portcullis_kms_v1_kms_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_portcullis_kms_v1_kms_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_portcullis_kms_v1_kms_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_portcullis_kms_v1_kms_proto_goTypes = []any{
-	(*SignCertificateRequest)(nil),  // 0: portcullis.kms.v1.SignCertificateRequest
-	(*SignCertificateResponse)(nil), // 1: portcullis.kms.v1.SignCertificateResponse
-	(*GetTrustBundleRequest)(nil),   // 2: portcullis.kms.v1.GetTrustBundleRequest
-	(*GetTrustBundleResponse)(nil),  // 3: portcullis.kms.v1.GetTrustBundleResponse
+	(RotationStep)(0),                   // 0: portcullis.kms.v1.RotationStep
+	(*SignCertificateRequest)(nil),      // 1: portcullis.kms.v1.SignCertificateRequest
+	(*SignCertificateResponse)(nil),     // 2: portcullis.kms.v1.SignCertificateResponse
+	(*GetTrustBundleRequest)(nil),       // 3: portcullis.kms.v1.GetTrustBundleRequest
+	(*GetTrustBundleResponse)(nil),      // 4: portcullis.kms.v1.GetTrustBundleResponse
+	(*GetCAStatusRequest)(nil),          // 5: portcullis.kms.v1.GetCAStatusRequest
+	(*RotateCARequest)(nil),             // 6: portcullis.kms.v1.RotateCARequest
+	(*CAInfo)(nil),                      // 7: portcullis.kms.v1.CAInfo
+	(*CAStatus)(nil),                    // 8: portcullis.kms.v1.CAStatus
+	(*ForceRotateIdentityRequest)(nil),  // 9: portcullis.kms.v1.ForceRotateIdentityRequest
+	(*ForceRotateIdentityResponse)(nil), // 10: portcullis.kms.v1.ForceRotateIdentityResponse
+	(*RevokeIdentityRequest)(nil),       // 11: portcullis.kms.v1.RevokeIdentityRequest
+	(*RevokeIdentityResponse)(nil),      // 12: portcullis.kms.v1.RevokeIdentityResponse
 }
 var file_portcullis_kms_v1_kms_proto_depIdxs = []int32{
-	0, // 0: portcullis.kms.v1.KeyManagementService.SignCertificate:input_type -> portcullis.kms.v1.SignCertificateRequest
-	2, // 1: portcullis.kms.v1.KeyManagementService.GetTrustBundle:input_type -> portcullis.kms.v1.GetTrustBundleRequest
-	1, // 2: portcullis.kms.v1.KeyManagementService.SignCertificate:output_type -> portcullis.kms.v1.SignCertificateResponse
-	3, // 3: portcullis.kms.v1.KeyManagementService.GetTrustBundle:output_type -> portcullis.kms.v1.GetTrustBundleResponse
-	2, // [2:4] is the sub-list for method output_type
-	0, // [0:2] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	0,  // 0: portcullis.kms.v1.RotateCARequest.step:type_name -> portcullis.kms.v1.RotationStep
+	7,  // 1: portcullis.kms.v1.CAStatus.active:type_name -> portcullis.kms.v1.CAInfo
+	7,  // 2: portcullis.kms.v1.CAStatus.next:type_name -> portcullis.kms.v1.CAInfo
+	7,  // 3: portcullis.kms.v1.CAStatus.previous:type_name -> portcullis.kms.v1.CAInfo
+	0,  // 4: portcullis.kms.v1.CAStatus.next_step:type_name -> portcullis.kms.v1.RotationStep
+	1,  // 5: portcullis.kms.v1.KeyManagementService.SignCertificate:input_type -> portcullis.kms.v1.SignCertificateRequest
+	3,  // 6: portcullis.kms.v1.KeyManagementService.GetTrustBundle:input_type -> portcullis.kms.v1.GetTrustBundleRequest
+	5,  // 7: portcullis.kms.v1.KMSAdminService.GetCAStatus:input_type -> portcullis.kms.v1.GetCAStatusRequest
+	6,  // 8: portcullis.kms.v1.KMSAdminService.RotateCA:input_type -> portcullis.kms.v1.RotateCARequest
+	9,  // 9: portcullis.kms.v1.KMSAdminService.ForceRotateIdentity:input_type -> portcullis.kms.v1.ForceRotateIdentityRequest
+	11, // 10: portcullis.kms.v1.KMSAdminService.RevokeIdentity:input_type -> portcullis.kms.v1.RevokeIdentityRequest
+	2,  // 11: portcullis.kms.v1.KeyManagementService.SignCertificate:output_type -> portcullis.kms.v1.SignCertificateResponse
+	4,  // 12: portcullis.kms.v1.KeyManagementService.GetTrustBundle:output_type -> portcullis.kms.v1.GetTrustBundleResponse
+	8,  // 13: portcullis.kms.v1.KMSAdminService.GetCAStatus:output_type -> portcullis.kms.v1.CAStatus
+	8,  // 14: portcullis.kms.v1.KMSAdminService.RotateCA:output_type -> portcullis.kms.v1.CAStatus
+	10, // 15: portcullis.kms.v1.KMSAdminService.ForceRotateIdentity:output_type -> portcullis.kms.v1.ForceRotateIdentityResponse
+	12, // 16: portcullis.kms.v1.KMSAdminService.RevokeIdentity:output_type -> portcullis.kms.v1.RevokeIdentityResponse
+	11, // [11:17] is the sub-list for method output_type
+	5,  // [5:11] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_portcullis_kms_v1_kms_proto_init() }
@@ -282,13 +832,14 @@ func file_portcullis_kms_v1_kms_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_portcullis_kms_v1_kms_proto_rawDesc), len(file_portcullis_kms_v1_kms_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   4,
+			NumEnums:      1,
+			NumMessages:   12,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_portcullis_kms_v1_kms_proto_goTypes,
 		DependencyIndexes: file_portcullis_kms_v1_kms_proto_depIdxs,
+		EnumInfos:         file_portcullis_kms_v1_kms_proto_enumTypes,
 		MessageInfos:      file_portcullis_kms_v1_kms_proto_msgTypes,
 	}.Build()
 	File_portcullis_kms_v1_kms_proto = out.File

@@ -171,3 +171,239 @@ var KeyManagementService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "portcullis/kms/v1/kms.proto",
 }
+
+const (
+	KMSAdminService_GetCAStatus_FullMethodName         = "/portcullis.kms.v1.KMSAdminService/GetCAStatus"
+	KMSAdminService_RotateCA_FullMethodName            = "/portcullis.kms.v1.KMSAdminService/RotateCA"
+	KMSAdminService_ForceRotateIdentity_FullMethodName = "/portcullis.kms.v1.KMSAdminService/ForceRotateIdentity"
+	KMSAdminService_RevokeIdentity_FullMethodName      = "/portcullis.kms.v1.KMSAdminService/RevokeIdentity"
+)
+
+// KMSAdminServiceClient is the client API for KMSAdminService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// KMSAdminService is the operator's API: CA rotation, forced rotation and revocation of an
+// identity. Only the admin identity (spiffe://<td>/portcullis/admin) may call it. Every change is
+// announced on NATS (see portcullis.events.v1), which is how agents and citadel learn of it.
+type KMSAdminServiceClient interface {
+	// GetCAStatus describes the CA's rotation state.
+	GetCAStatus(ctx context.Context, in *GetCAStatusRequest, opts ...grpc.CallOption) (*CAStatus, error)
+	// RotateCA takes one rotation step now. FAILED_PRECONDITION when the step does not apply to
+	// the current state; UNIMPLEMENTED when the backend's CA is not rotated by kms-adapter.
+	RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*CAStatus, error)
+	// ForceRotateIdentity makes every agent holding the identity re-issue its certificate.
+	ForceRotateIdentity(ctx context.Context, in *ForceRotateIdentityRequest, opts ...grpc.CallOption) (*ForceRotateIdentityResponse, error)
+	// RevokeIdentity revokes every certificate of the identity issued until now: citadel stops
+	// serving them from its cache and agents replace them at once.
+	RevokeIdentity(ctx context.Context, in *RevokeIdentityRequest, opts ...grpc.CallOption) (*RevokeIdentityResponse, error)
+}
+
+type kMSAdminServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewKMSAdminServiceClient(cc grpc.ClientConnInterface) KMSAdminServiceClient {
+	return &kMSAdminServiceClient{cc}
+}
+
+func (c *kMSAdminServiceClient) GetCAStatus(ctx context.Context, in *GetCAStatusRequest, opts ...grpc.CallOption) (*CAStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CAStatus)
+	err := c.cc.Invoke(ctx, KMSAdminService_GetCAStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kMSAdminServiceClient) RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*CAStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CAStatus)
+	err := c.cc.Invoke(ctx, KMSAdminService_RotateCA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kMSAdminServiceClient) ForceRotateIdentity(ctx context.Context, in *ForceRotateIdentityRequest, opts ...grpc.CallOption) (*ForceRotateIdentityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForceRotateIdentityResponse)
+	err := c.cc.Invoke(ctx, KMSAdminService_ForceRotateIdentity_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kMSAdminServiceClient) RevokeIdentity(ctx context.Context, in *RevokeIdentityRequest, opts ...grpc.CallOption) (*RevokeIdentityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeIdentityResponse)
+	err := c.cc.Invoke(ctx, KMSAdminService_RevokeIdentity_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// KMSAdminServiceServer is the server API for KMSAdminService service.
+// All implementations must embed UnimplementedKMSAdminServiceServer
+// for forward compatibility.
+//
+// KMSAdminService is the operator's API: CA rotation, forced rotation and revocation of an
+// identity. Only the admin identity (spiffe://<td>/portcullis/admin) may call it. Every change is
+// announced on NATS (see portcullis.events.v1), which is how agents and citadel learn of it.
+type KMSAdminServiceServer interface {
+	// GetCAStatus describes the CA's rotation state.
+	GetCAStatus(context.Context, *GetCAStatusRequest) (*CAStatus, error)
+	// RotateCA takes one rotation step now. FAILED_PRECONDITION when the step does not apply to
+	// the current state; UNIMPLEMENTED when the backend's CA is not rotated by kms-adapter.
+	RotateCA(context.Context, *RotateCARequest) (*CAStatus, error)
+	// ForceRotateIdentity makes every agent holding the identity re-issue its certificate.
+	ForceRotateIdentity(context.Context, *ForceRotateIdentityRequest) (*ForceRotateIdentityResponse, error)
+	// RevokeIdentity revokes every certificate of the identity issued until now: citadel stops
+	// serving them from its cache and agents replace them at once.
+	RevokeIdentity(context.Context, *RevokeIdentityRequest) (*RevokeIdentityResponse, error)
+	mustEmbedUnimplementedKMSAdminServiceServer()
+}
+
+// UnimplementedKMSAdminServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedKMSAdminServiceServer struct{}
+
+func (UnimplementedKMSAdminServiceServer) GetCAStatus(context.Context, *GetCAStatusRequest) (*CAStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetCAStatus not implemented")
+}
+func (UnimplementedKMSAdminServiceServer) RotateCA(context.Context, *RotateCARequest) (*CAStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateCA not implemented")
+}
+func (UnimplementedKMSAdminServiceServer) ForceRotateIdentity(context.Context, *ForceRotateIdentityRequest) (*ForceRotateIdentityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ForceRotateIdentity not implemented")
+}
+func (UnimplementedKMSAdminServiceServer) RevokeIdentity(context.Context, *RevokeIdentityRequest) (*RevokeIdentityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeIdentity not implemented")
+}
+func (UnimplementedKMSAdminServiceServer) mustEmbedUnimplementedKMSAdminServiceServer() {}
+func (UnimplementedKMSAdminServiceServer) testEmbeddedByValue()                         {}
+
+// UnsafeKMSAdminServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to KMSAdminServiceServer will
+// result in compilation errors.
+type UnsafeKMSAdminServiceServer interface {
+	mustEmbedUnimplementedKMSAdminServiceServer()
+}
+
+func RegisterKMSAdminServiceServer(s grpc.ServiceRegistrar, srv KMSAdminServiceServer) {
+	// If the following call panics, it indicates UnimplementedKMSAdminServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&KMSAdminService_ServiceDesc, srv)
+}
+
+func _KMSAdminService_GetCAStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetCAStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KMSAdminServiceServer).GetCAStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KMSAdminService_GetCAStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KMSAdminServiceServer).GetCAStatus(ctx, req.(*GetCAStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KMSAdminService_RotateCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KMSAdminServiceServer).RotateCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KMSAdminService_RotateCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KMSAdminServiceServer).RotateCA(ctx, req.(*RotateCARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KMSAdminService_ForceRotateIdentity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForceRotateIdentityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KMSAdminServiceServer).ForceRotateIdentity(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KMSAdminService_ForceRotateIdentity_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KMSAdminServiceServer).ForceRotateIdentity(ctx, req.(*ForceRotateIdentityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KMSAdminService_RevokeIdentity_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeIdentityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KMSAdminServiceServer).RevokeIdentity(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KMSAdminService_RevokeIdentity_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KMSAdminServiceServer).RevokeIdentity(ctx, req.(*RevokeIdentityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// KMSAdminService_ServiceDesc is the grpc.ServiceDesc for KMSAdminService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var KMSAdminService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "portcullis.kms.v1.KMSAdminService",
+	HandlerType: (*KMSAdminServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "GetCAStatus",
+			Handler:    _KMSAdminService_GetCAStatus_Handler,
+		},
+		{
+			MethodName: "RotateCA",
+			Handler:    _KMSAdminService_RotateCA_Handler,
+		},
+		{
+			MethodName: "ForceRotateIdentity",
+			Handler:    _KMSAdminService_ForceRotateIdentity_Handler,
+		},
+		{
+			MethodName: "RevokeIdentity",
+			Handler:    _KMSAdminService_RevokeIdentity_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "portcullis/kms/v1/kms.proto",
+}
