@@ -88,8 +88,18 @@ func TestRetiredCAIsDeleted(t *testing.T) {
 	mustStep(t, rc.PrepareCA)
 	first := caDirs(t, rc.dir)[0]
 	mustStep(t, rc.ActivateCA)
+	keyPath := filepath.Join(rc.dir, first, local.RootKeyFile)
+	rootKey, err := os.ReadFile(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mustStep(t, rc.PrepareCA)
 	mustStep(t, rc.ActivateCA)
+	// A crash between the manifest and deleting the keys: loading deletes them.
+	if err := os.WriteFile(keyPath, rootKey, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc.CA = newCA(t, rc.config())
 	// first now signs no more: its keys go at once, its certificates when it is retired.
 	checkGone(t, filepath.Join(rc.dir, first, local.RootKeyFile), filepath.Join(rc.dir, first, local.IntermediateKeyFile))
 	if _, err := os.Stat(filepath.Join(rc.dir, first, local.RootCertFile)); err != nil {

@@ -146,7 +146,7 @@ func caInfo(a *authority) kms.CAInfo {
 }
 
 // The steps below run with ca.mu held. Each persists the new state before swapping it in, and
-// reports it only then.
+// reports it only once it is in effect.
 
 // prepare makes the next CA: its directory is written completely before the manifest names it,
 // so a crash in between leaves the previous state, plus a directory that loading removes.
@@ -182,7 +182,8 @@ func (ca *CA) prepare(scheduled bool) error {
 	if err := writeManifest(dir, nst); err != nil {
 		return err
 	}
-	ca.commit(nst, scheduled, kms.StepPrepared, next.root)
+	ca.current.Store(nst)
+	ca.report(nst, scheduled, kms.StepPrepared, next.root)
 	return nil
 }
 
@@ -201,11 +202,12 @@ func (ca *CA) activate(scheduled bool) error {
 	if err := writeManifest(ca.cfg.StateDir, nst); err != nil {
 		return err
 	}
-	ca.commit(nst, scheduled, kms.StepActivated, nst.active.root)
+	ca.current.Store(nst)
 	if err := removeKeys(ca.cfg.StateDir, old.dir); err != nil {
 		// Loading removes them too; the step itself has happened.
 		ca.cfg.Logger.Error("removing keys of the CA that stopped signing", logkey.RootFingerprint, fingerprint(old.root), logkey.Err, err)
 	}
+	ca.report(nst, scheduled, kms.StepActivated, nst.active.root)
 	return nil
 }
 
@@ -240,12 +242,14 @@ func (ca *CA) retire(force, scheduled bool) error {
 	for i, p := range drop {
 		roots[i] = p.root
 	}
-	ca.commit(nst, scheduled, kms.StepRetired, roots...)
+	ca.current.Store(nst)
 	for _, p := range drop {
 		if err := removeCA(ca.cfg.StateDir, p.dir); err != nil {
+			// Loading removes it too; the step itself has happened.
 			ca.cfg.Logger.Error("removing a retired CA", logkey.RootFingerprint, fingerprint(p.root), logkey.Err, err)
 		}
 	}
+	ca.report(nst, scheduled, kms.StepRetired, roots...)
 	return nil
 }
 
@@ -263,9 +267,9 @@ func (ca *CA) renewActive(now time.Time) error {
 	return nil
 }
 
-// commit swaps in a persisted state, then logs and reports the step once per root it concerns.
-func (ca *CA) commit(nst *state, scheduled bool, step kms.RotationStep, roots ...*x509.Certificate) {
-	ca.current.Store(nst)
+// report logs a step that is persisted and in effect (its keys deleted where it deletes any), and
+// tells the observer, once per root it concerns.
+func (ca *CA) report(nst *state, scheduled bool, step kms.RotationStep, roots ...*x509.Certificate) {
 	for _, root := range roots {
 		ca.cfg.Logger.Info("ca rotation step", logStep, step, logScheduled, scheduled, logBundleVersion, nst.version,
 			logkey.RootFingerprint, fingerprint(root), logkey.RootNotAfter, root.NotAfter)
