@@ -1,19 +1,23 @@
 // Package local is the embedded certificate authority of kms-adapter: a self-signed root and an
 // intermediate, both ECDSA P-256, kept in a state directory so that a restart keeps the same CA.
-// Leaves are signed in process with the intermediate.
+// Leaves are signed in process with the intermediate. The CA rotates its root on SPIRE's schedule
+// (kms.Rotator): rotation.go takes the steps, manifest.go persists them.
 package local
 
 import (
 	"context"
 	"crypto"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/big"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -36,8 +40,9 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain // the only trust domain this CA certifies
 	DefaultTTL  time.Duration        // leaf lifetime when the request asks for none
 	MaxTTL      time.Duration        // longest leaf lifetime; also the intermediate's renewal margin
-	RootTTL     time.Duration        // root validity when a new CA is created; intermediate gets half
-	Clock       clock.PassiveClock   // nil means the real clock
+	RootTTL     time.Duration        // root (and intermediate) validity of each new CA
+	Clock       clock.Clock          // nil means the real clock; RunRotation waits on it
+	Observer    kms.RotationObserver // told about every rotation step; nil means none
 	Logger      *slog.Logger         // nil means discard
 }
 
@@ -55,31 +60,36 @@ func (c Config) validate() error {
 	return nil
 }
 
-// authority is the CA material Sign uses. It is immutable once built; the CA swaps the whole value
-// (atomic.Pointer) so that a later in-process rotation needs no lock on the signing path.
+// authority is one CA of the state directory. It is immutable once built: a rotation step or an
+// intermediate renewal builds a new state (manifest.go) and swaps it in whole (atomic.Pointer), so
+// the signing path takes no lock.
 type authority struct {
+	dir          string // CA directory relative to the state directory ("." for the flat files)
 	root         *x509.Certificate
-	intermediate *x509.Certificate
-	key          crypto.Signer // the intermediate's key
+	rootKey      crypto.Signer     // nil once the CA no longer signs
+	intermediate *x509.Certificate // nil once the CA no longer signs
+	key          crypto.Signer     // the intermediate's key; nil once the CA no longer signs
+	retireAt     time.Time         // previous CAs only: when the schedule drops the root
 }
 
-// CA is the local backend. It implements kms.Backend and kms.SigningChainer.
+// CA is the local backend. It implements kms.Backend, kms.SigningChainer and kms.Rotator.
 type CA struct {
-	td         spiffeid.TrustDomain
-	defaultTTL time.Duration
-	maxTTL     time.Duration
-	clock      clock.PassiveClock
-	current    atomic.Pointer[authority]
+	cfg     Config
+	mu      sync.Mutex // serializes rotation steps and their observer calls; Sign never takes it
+	current atomic.Pointer[state]
 }
 
 var (
 	_ kms.Backend        = (*CA)(nil)
 	_ kms.SigningChainer = (*CA)(nil)
+	_ kms.Rotator        = (*CA)(nil)
 )
 
 // New loads the CA from cfg.StateDir, creating it on first start and issuing a new intermediate
-// when the current one would expire within MaxTTL. A corrupt or incomplete state directory is an
-// error naming the file; nothing in it is overwritten except by that intermediate renewal.
+// when the active one would expire within MaxTTL. A corrupt or incomplete state directory is an
+// error naming the file; nothing in it is overwritten except by that intermediate renewal and the
+// removal of what an interrupted rotation step left behind. New takes no rotation step itself:
+// RunRotation does, from the state New found.
 func New(cfg Config) (*CA, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("local ca: %w", err)
@@ -90,34 +100,35 @@ func New(cfg Config) (*CA, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	auth, err := loadOrCreate(cfg)
+	st, err := loadState(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("local ca in %s: %w", cfg.StateDir, err)
 	}
-	ca := &CA{td: cfg.TrustDomain, defaultTTL: cfg.DefaultTTL, maxTTL: cfg.MaxTTL, clock: cfg.Clock}
-	ca.current.Store(auth)
+	ca := &CA{cfg: cfg}
+	ca.current.Store(st)
 	return ca, nil
 }
 
 // Sign implements kms.Backend.
 func (ca *CA) Sign(_ context.Context, req kms.SignRequest) ([]*x509.Certificate, error) {
-	if err := kms.CheckIdentity(req.ID, ca.td); err != nil {
+	if err := kms.CheckIdentity(req.ID, ca.cfg.TrustDomain); err != nil {
 		return nil, err
 	}
 	if err := kms.CheckCSR(req.CSR); err != nil {
 		return nil, err
 	}
-	auth := ca.current.Load()
-	now := ca.clock.Now()
+	auth := ca.current.Load().active
+	now := ca.cfg.Clock.Now()
 	if !now.Before(auth.intermediate.NotAfter) {
+		// Only when RunRotation is not running (or cannot write the state directory).
 		return nil, fmt.Errorf("%w: intermediate CA expired at %s; restart kms-adapter to issue a new one",
 			kms.ErrUnavailable, auth.intermediate.NotAfter.UTC().Format(time.RFC3339))
 	}
 	ttl := req.TTL
 	if ttl <= 0 {
-		ttl = ca.defaultTTL
+		ttl = ca.cfg.DefaultTTL
 	}
-	ttl = min(ttl, ca.maxTTL)
+	ttl = min(ttl, ca.cfg.MaxTTL)
 	notAfter := now.Add(ttl)
 	if notAfter.After(auth.intermediate.NotAfter) {
 		notAfter = auth.intermediate.NotAfter
@@ -147,15 +158,23 @@ func (ca *CA) Sign(_ context.Context, req kms.SignRequest) ([]*x509.Certificate,
 	return []*x509.Certificate{leaf, auth.intermediate, auth.root}, nil
 }
 
-// TrustBundle implements kms.Backend.
+// TrustBundle implements kms.Backend: the active root, the next one once prepared, and previous
+// roots until they are retired.
 func (ca *CA) TrustBundle(context.Context) (kms.Bundle, error) {
-	return kms.Bundle{TrustDomain: ca.td, Roots: []*x509.Certificate{ca.current.Load().root}}, nil
+	st := ca.current.Load()
+	return kms.Bundle{TrustDomain: ca.cfg.TrustDomain, Roots: st.roots(), Version: st.version}, nil
 }
 
-// SigningChain implements kms.SigningChainer: the intermediate, then the root.
+// SigningChain implements kms.SigningChainer: the active intermediate, then its root.
 func (ca *CA) SigningChain(context.Context) ([]*x509.Certificate, error) {
-	auth := ca.current.Load()
+	auth := ca.current.Load().active
 	return []*x509.Certificate{auth.intermediate, auth.root}, nil
+}
+
+// fingerprint is the hex SHA-256 of a certificate, how logs name a root.
+func fingerprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return hex.EncodeToString(sum[:])
 }
 
 // serialLimit is 2^128: serials are 128 random bits, well past the 64 the CA/B forum requires, so

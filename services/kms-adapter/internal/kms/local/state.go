@@ -38,74 +38,91 @@ const (
 
 var stateFiles = []string{RootKeyFile, RootCertFile, IntermediateKeyFile, IntermediateCertFile}
 
-// loadOrCreate returns the signing authority kept in cfg.StateDir. An empty directory gets a new
-// CA; one that holds some but not all files is refused, because guessing (regenerating the missing
-// half) would silently replace a CA that workloads already trust.
+// loadOrCreate returns the CA kept as flat files in cfg.StateDir (the only CA of a state directory
+// that has never rotated). An empty directory gets a new CA; one that holds some but not all files
+// is refused, because guessing (regenerating the missing half) would silently replace a CA that
+// workloads already trust.
 func loadOrCreate(cfg Config) (*authority, error) {
-	dir := cfg.StateDir
-	if err := os.MkdirAll(dir, dirMode); err != nil {
-		return nil, fmt.Errorf("creating state directory: %w", err)
+	present, err := checkComplete(cfg.StateDir, initialDir)
+	if err != nil {
+		return nil, err
 	}
-	// MkdirAll leaves an existing directory's mode alone; the keys' directory stays private anyway.
-	if err := os.Chmod(dir, dirMode); err != nil {
-		return nil, fmt.Errorf("restricting state directory: %w", err)
-	}
-	var present, missing []string
-	for _, name := range stateFiles {
-		_, err := os.Lstat(filepath.Join(dir, name))
-		switch {
-		case err == nil:
-			present = append(present, name)
-		case errors.Is(err, fs.ErrNotExist):
-			missing = append(missing, filepath.Join(dir, name))
-		default:
-			return nil, fmt.Errorf("checking %s: %w", filepath.Join(dir, name), err)
-		}
-	}
-	if len(present) == 0 {
+	if !present {
 		return create(cfg)
 	}
-	if len(missing) > 0 {
-		return nil, fmt.Errorf("state is incomplete: %s missing (found %s); restore it from a backup, or move the directory aside to create a new CA",
+	return loadSigning(cfg, initialDir)
+}
+
+// checkComplete reports whether CA directory name holds its files: all (true), none (false), or
+// some, which is an error naming the missing ones.
+func checkComplete(stateDir, name string) (bool, error) {
+	var present, missing []string
+	for _, file := range stateFiles {
+		path := filepath.Join(stateDir, name, file)
+		_, err := os.Lstat(path)
+		switch {
+		case err == nil:
+			present = append(present, file)
+		case errors.Is(err, fs.ErrNotExist):
+			missing = append(missing, path)
+		default:
+			return false, fmt.Errorf("checking %s: %w", path, err)
+		}
+	}
+	if len(missing) > 0 && len(present) > 0 {
+		return false, fmt.Errorf("state is incomplete: %s missing (found %s); restore it from a backup, or move the directory aside to create a new CA",
 			strings.Join(missing, ", "), strings.Join(present, ", "))
 	}
-	return load(cfg)
+	return len(present) > 0, nil
 }
 
 func create(cfg Config) (*authority, error) {
-	now := cfg.Clock.Now()
+	auth, files, err := generateCA(cfg, cfg.Clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFiles(cfg.StateDir, files); err != nil {
+		return nil, err
+	}
+	auth.dir = initialDir
+	cfg.Logger.Info("created a new local CA", logkey.StateDir, cfg.StateDir, logkey.TrustDomain, cfg.TrustDomain.String(),
+		logkey.RootFingerprint, fingerprint(auth.root), logkey.RootNotAfter, auth.root.NotAfter,
+		logkey.IntermediateNotAfter, auth.intermediate.NotAfter)
+	return auth, nil
+}
+
+// generateCA makes a root valid for RootTTL and an intermediate valid as long, and returns them
+// with the files that keep them (keys before their certificates).
+func generateCA(cfg Config, now time.Time) (*authority, []stateFile, error) {
 	rootKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("generating root key: %w", err)
+		return nil, nil, fmt.Errorf("generating root key: %w", err)
 	}
 	root, err := issueCA(cfg.TrustDomain, "Portcullis workload root CA", now, now.Add(cfg.RootTTL), rootKey, nil, nil)
 	if err != nil {
-		return nil, fmt.Errorf("creating root: %w", err)
+		return nil, nil, fmt.Errorf("creating root: %w", err)
 	}
 	auth, interKeyPEM, err := newIntermediate(cfg, now, root, rootKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	rootKeyPEM, err := keyPEM(rootKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	err = writeFiles(cfg.StateDir, []stateFile{
+	return auth, []stateFile{
 		{RootKeyFile, rootKeyPEM, keyMode},
 		{RootCertFile, certPEM(root), certMode},
 		{IntermediateKeyFile, interKeyPEM, keyMode},
 		{IntermediateCertFile, certPEM(auth.intermediate), certMode},
-	})
-	if err != nil {
-		return nil, err
-	}
-	cfg.Logger.Info("created a new local CA", logkey.StateDir, cfg.StateDir, logkey.TrustDomain, cfg.TrustDomain.String(),
-		logkey.RootNotAfter, root.NotAfter, logkey.IntermediateNotAfter, auth.intermediate.NotAfter)
-	return auth, nil
+	}, nil
 }
 
-func load(cfg Config) (*authority, error) {
-	dir := cfg.StateDir
+// loadSigning loads CA directory name with both keys and checks that its files form one CA of
+// our trust domain. Expiry is the caller's business: a next CA is checked differently from the
+// active one.
+func loadSigning(cfg Config, name string) (*authority, error) {
+	dir := filepath.Join(cfg.StateDir, name)
 	root, rootKey, err := readPair(filepath.Join(dir, RootCertFile), filepath.Join(dir, RootKeyFile))
 	if err != nil {
 		return nil, err
@@ -123,47 +140,63 @@ func load(cfg Config) (*authority, error) {
 	if err := inter.CheckSignatureFrom(root); err != nil {
 		return nil, fmt.Errorf("%s is not signed by %s: %w", filepath.Join(dir, IntermediateCertFile), filepath.Join(dir, RootCertFile), err)
 	}
-	now := cfg.Clock.Now()
-	if !now.Before(root.NotAfter) {
-		return nil, fmt.Errorf("%s: root CA expired at %s; rotate the CA (move the directory aside to create a new one)",
-			filepath.Join(dir, RootCertFile), root.NotAfter.UTC().Format(time.RFC3339))
+	return &authority{dir: name, root: root, rootKey: rootKey, intermediate: inter, key: interKey}, nil
+}
+
+// checkActive refuses an expired active root and warns when it can no longer fit a full leaf.
+func checkActive(cfg Config, auth *authority, now time.Time) error {
+	if !now.Before(auth.root.NotAfter) {
+		return fmt.Errorf("%s: root CA expired at %s; rotate the CA (move the directory aside to create a new one)",
+			filepath.Join(cfg.StateDir, auth.dir, RootCertFile), auth.root.NotAfter.UTC().Format(time.RFC3339))
 	}
-	if root.NotAfter.Sub(now) < cfg.MaxTTL {
+	if auth.root.NotAfter.Sub(now) < cfg.MaxTTL {
 		cfg.Logger.Warn("root CA expires within the max ttl: leaves will be cut short; rotate the CA",
-			logkey.RootNotAfter, root.NotAfter, logkey.MaxTTL, cfg.MaxTTL.String())
+			logkey.RootNotAfter, auth.root.NotAfter, logkey.MaxTTL, cfg.MaxTTL.String())
 	}
-	auth := &authority{root: root, intermediate: inter, key: interKey}
-	// Renew while a full max-ttl leaf still fits, unless the root would cap the new one just as short.
-	if inter.NotAfter.Sub(now) >= cfg.MaxTTL || !root.NotAfter.After(inter.NotAfter) {
+	return nil
+}
+
+// renewAt is when auth's intermediate is renewed: once a full max-ttl leaf no longer fits, unless
+// the root would cap the new one just as short (then the zero time: never).
+func renewAt(auth *authority, maxTTL time.Duration) time.Time {
+	if !auth.root.NotAfter.After(auth.intermediate.NotAfter) {
+		return time.Time{}
+	}
+	return auth.intermediate.NotAfter.Add(-maxTTL)
+}
+
+// renewIntermediate issues and persists a new intermediate for auth when renewAt has come; it
+// returns auth itself when none is due. Only intermediates from before rotation existed (half the
+// root's life) or an intermediate of a root that outlives it ever need this.
+func renewIntermediate(cfg Config, auth *authority, now time.Time) (*authority, error) {
+	if at := renewAt(auth, cfg.MaxTTL); at.IsZero() || now.Before(at) {
 		return auth, nil
 	}
-	renewed, keyPEM, err := newIntermediate(cfg, now, root, rootKey)
+	renewed, keyPEM, err := newIntermediate(cfg, now, auth.root, auth.rootKey)
 	if err != nil {
 		return nil, err
 	}
-	err = writeFiles(dir, []stateFile{
+	err = writeFiles(filepath.Join(cfg.StateDir, auth.dir), []stateFile{
 		{IntermediateKeyFile, keyPEM, keyMode},
 		{IntermediateCertFile, certPEM(renewed.intermediate), certMode},
 	})
 	if err != nil {
 		return nil, err
 	}
-	cfg.Logger.Info("issued a new intermediate CA", logkey.PreviousNotAfter, inter.NotAfter,
-		logkey.IntermediateNotAfter, renewed.intermediate.NotAfter)
+	renewed.dir = auth.dir
+	cfg.Logger.Info("issued a new intermediate CA", logkey.RootFingerprint, fingerprint(auth.root),
+		logkey.PreviousNotAfter, auth.intermediate.NotAfter, logkey.IntermediateNotAfter, renewed.intermediate.NotAfter)
 	return renewed, nil
 }
 
-// newIntermediate issues an intermediate valid for half the root ttl, never past the root.
+// newIntermediate issues an intermediate valid until the root expires, so that a CA can sign
+// through the whole schedule (it stops signing at ⅚ of the root's life) without renewal.
 func newIntermediate(cfg Config, now time.Time, root *x509.Certificate, rootKey crypto.Signer) (*authority, []byte, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, fmt.Errorf("generating intermediate key: %w", err)
 	}
-	notAfter := now.Add(cfg.RootTTL / 2)
-	if notAfter.After(root.NotAfter) {
-		notAfter = root.NotAfter
-	}
-	inter, err := issueCA(cfg.TrustDomain, "Portcullis workload intermediate CA", now, notAfter, key, root, rootKey)
+	inter, err := issueCA(cfg.TrustDomain, "Portcullis workload intermediate CA", now, root.NotAfter, key, root, rootKey)
 	if err != nil {
 		return nil, nil, fmt.Errorf("creating intermediate: %w", err)
 	}
@@ -171,7 +204,7 @@ func newIntermediate(cfg Config, now time.Time, root *x509.Certificate, rootKey 
 	if err != nil {
 		return nil, nil, err
 	}
-	return &authority{root: root, intermediate: inter, key: key}, pemKey, nil
+	return &authority{root: root, rootKey: rootKey, intermediate: inter, key: key}, pemKey, nil
 }
 
 // issueCA makes a CA certificate for key: self-signed when parent is nil, else an intermediate
@@ -330,6 +363,11 @@ func writeFiles(dir string, files []stateFile) error {
 			return fmt.Errorf("writing %s: %w", filepath.Join(dir, f.name), err)
 		}
 	}
+	return syncDir(dir)
+}
+
+// syncDir makes renames, creations and removals in dir durable.
+func syncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
