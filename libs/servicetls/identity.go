@@ -83,5 +83,16 @@ func (i *Identity) ServerCredentials() credentials.TransportCredentials {
 
 // ClientCredentials dials a server that must present exactly the given ID.
 func (i *Identity) ClientCredentials(server spiffeid.ID) credentials.TransportCredentials {
-	return credentials.NewTLS(tlsconfig.MTLSClientConfig(i.source, i.source, tlsconfig.AuthorizeID(server)))
+	return credentials.NewTLS(i.ClientTLS(server))
+}
+
+// ClientTLS presents this identity to a server that must present exactly the given ID.
+func (i *Identity) ClientTLS(server spiffeid.ID) *tls.Config {
+	return tlsconfig.MTLSClientConfig(i.source, i.source, tlsconfig.AuthorizeID(server))
+}
+
+// ClientCertificate presents this identity (the current certificate, as rotated on disk) to a
+// server verified some other way, e.g. an external NATS server with a public certificate.
+func (i *Identity) ClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return tlsconfig.GetClientCertificate(i.source)(nil)
 }

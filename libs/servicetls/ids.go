@@ -18,6 +18,11 @@ const (
 	KMSAdapter = "kms-adapter"
 	MCPSync    = "mcp-sync"
 	NodeAgent  = "nodeagent"
+	// Admin is the operator's identity (the admin CLI): the only caller of kms-adapter's admin API.
+	Admin = "admin"
+	// NATS is the identity of a standalone NATS server run for Portcullis (tools/cmd/natsd); the
+	// embedded default runs inside kms-adapter and presents kms-adapter's identity.
+	NATS = "nats"
 )
 
 const pathPrefix = "/portcullis/"

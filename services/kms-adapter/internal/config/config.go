@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 )
@@ -22,7 +23,17 @@ type Config struct {
 	MaxTTL      time.Duration
 	RootTTL     time.Duration
 	TLS         servicetls.Files
+
+	// Rotation events: an external NATS (NATS.URL) or, by default, one embedded in this process.
+	NATS          events.ConnConfig
+	NATSEmbedded  bool
+	NATSListen    string
+	NATSStoreDir  string
+	ExpiryWarning time.Duration
 }
+
+// EventsEnabled reports whether rotation events are published.
+func (c *Config) EventsEnabled() bool { return c.NATS.Enabled() || c.NATSEmbedded }
 
 // RegisterFlags binds the config to fs with the production defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
@@ -34,6 +45,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.MaxTTL, "max-ttl", 2160*time.Hour, "longest workload certificate lifetime; longer requests are clamped")
 	fs.DurationVar(&c.RootTTL, "root-ttl", 8760*time.Hour, "local backend: validity of a newly created root CA (the intermediate gets half)")
 	c.TLS.RegisterFlags(fs)
+	c.NATS.RegisterFlags(fs)
+	fs.BoolVar(&c.NATSEmbedded, "nats-embedded", true, "without -nats-url, run an embedded NATS server with JetStream for rotation events")
+	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS: client address (mTLS with the control-plane CA; port 0 picks a free port)")
+	fs.StringVar(&c.NATSStoreDir, "nats-store-dir", "./var/lib/portcullis/nats", "embedded NATS: JetStream file store")
+	fs.DurationVar(&c.ExpiryWarning, "expiry-warning", time.Hour, "announce an issued certificate this long before it expires (its holder should have renewed)")
 }
 
 // Validate reports every problem at once, so that one run of the binary shows them all.
@@ -63,6 +79,15 @@ func (c *Config) Validate() error {
 	}
 	if err := c.TLS.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.NATS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if !c.NATS.Enabled() && c.NATSEmbedded && (c.NATSListen == "" || c.NATSStoreDir == "") {
+		errs = append(errs, errors.New("the embedded NATS needs -nats-listen and -nats-store-dir"))
+	}
+	if c.ExpiryWarning <= 0 {
+		errs = append(errs, fmt.Errorf("-expiry-warning (%s) must be positive", c.ExpiryWarning))
 	}
 	return errors.Join(errs...)
 }

@@ -29,7 +29,7 @@ func TestDefaults(t *testing.T) {
 	}
 	want := config.Config{Listen: "127.0.0.1:15030", AdminListen: "127.0.0.1:15031", Backend: "local",
 		StateDir: "./var/lib/portcullis/kms", DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour, RootTTL: 8760 * time.Hour,
-		TLS: c.TLS}
+		TLS: c.TLS, NATSEmbedded: true, NATSListen: "127.0.0.1:4222", NATSStoreDir: "./var/lib/portcullis/nats", ExpiryWarning: time.Hour}
 	if *c != want {
 		t.Errorf("defaults = %+v, want %+v", *c, want)
 	}
@@ -42,6 +42,10 @@ func TestValidate(t *testing.T) {
 	}{
 		{[]string{"-default-ttl", "100h", "-max-ttl", "10h"}, "must not exceed -max-ttl"},
 		{[]string{"-default-ttl", "0s"}, "must be positive"},
+		{[]string{"-nats-store-dir", ""}, "embedded NATS needs"},
+		{[]string{"-nats-user", "kms"}, "-nats-user and -nats-password-file go together"},
+		{[]string{"-nats-creds-file", "c", "-nats-nkey-file", "n"}, "use one of"},
+		{[]string{"-expiry-warning", "0s"}, "-expiry-warning"},
 		{[]string{"-max-ttl", "5000h"}, "-root-ttl (8760h0m0s) must exceed twice -max-ttl"},
 		{[]string{"-state-dir", ""}, "-state-dir is required"},
 		{[]string{"-backend", ""}, "-backend is required"},

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"k8s.io/utils/clock"
 
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
@@ -35,6 +37,11 @@ var openMethods = []string{
 type Config struct {
 	Backend kms.Backend
 	Logger  *slog.Logger
+	// Rotator is the backend's CA rotation, nil if kms-adapter does not rotate this backend's CA.
+	Rotator kms.Rotator
+	// Announce publishes events; nil when events are disabled.
+	Announce Announcer
+	Clock    clock.PassiveClock // nil means the real clock
 }
 
 // Server implements kmsv1.KeyManagementServiceServer.
@@ -42,22 +49,42 @@ type Server struct {
 	kmsv1.UnimplementedKeyManagementServiceServer
 	backend kms.Backend
 	logger  *slog.Logger
+	admin   *adminServer
 }
 
 // New builds the KMS API over cfg.Backend.
 func New(cfg Config) *Server {
-	return &Server{backend: cfg.Backend, logger: cfg.Logger}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	s := &Server{backend: cfg.Backend, logger: cfg.Logger}
+	s.admin = &adminServer{cfg: cfg, status: s.status}
+	return s
 }
 
-// GRPCServer builds the gRPC server with creds, this API (citadel only) and health (open to all).
+// GRPCServer builds the gRPC server with creds, this API (citadel only), the admin API (the admin
+// identity only) and health (open to all).
 func (s *Server) GRPCServer(creds credentials.TransportCredentials, hs *health.Server) *grpc.Server {
-	opts := append([]grpc.ServerOption{grpc.Creds(creds)},
-		servicetls.Interceptors(servicetls.AllowServices(servicetls.Citadel), openMethods...)...)
+	opts := append([]grpc.ServerOption{grpc.Creds(creds)}, servicetls.Interceptors(authorize, openMethods...)...)
 	srv := grpc.NewServer(opts...)
 	kmsv1.RegisterKeyManagementServiceServer(srv, s)
+	kmsv1.RegisterKMSAdminServiceServer(srv, s.admin)
 	hs.SetServingStatus(kmsv1.KeyManagementService_ServiceDesc.ServiceName, healthgrpc.HealthCheckResponse_SERVING)
 	healthgrpc.RegisterHealthServer(srv, hs)
 	return srv
+}
+
+var (
+	signers = servicetls.AllowServices(servicetls.Citadel)
+	admins  = servicetls.AllowServices(servicetls.Admin)
+)
+
+// authorize admits citadel to the KMS API and the operator to the admin API, and no one to both.
+func authorize(ctx context.Context, peer spiffeid.ID, method string) error {
+	if strings.HasPrefix(method, "/"+kmsv1.KMSAdminService_ServiceDesc.ServiceName+"/") {
+		return admins(ctx, peer, method)
+	}
+	return signers(ctx, peer, method)
 }
 
 // SignCertificate implements kmsv1.KeyManagementServiceServer.
@@ -99,6 +126,7 @@ func (s *Server) GetTrustBundle(ctx context.Context, _ *kmsv1.GetTrustBundleRequ
 	for i, root := range bundle.Roots {
 		resp.RootCertificates[i] = root.Raw
 	}
+	resp.Version = bundle.Version
 	return resp, nil
 }
 
@@ -108,6 +136,8 @@ func (s *Server) status(ctx context.Context, op string, err error) error {
 	switch {
 	case errors.Is(err, kms.ErrInvalidCSR), errors.Is(err, kms.ErrInvalidIdentity):
 		return status.Errorf(codes.InvalidArgument, "%s: %v", op, err)
+	case errors.Is(err, kms.ErrRotationState):
+		return status.Errorf(codes.FailedPrecondition, "%s: %v", op, err)
 	case errors.Is(err, kms.ErrUnavailable):
 		code = codes.Unavailable
 	case ctx.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):

@@ -1,0 +1,123 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/utils/clock"
+
+	eventsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/events/v1"
+)
+
+// SubscriberConfig carries a subscriber's dependencies.
+type SubscriberConfig struct {
+	Conn        *nats.Conn
+	TrustDomain spiffeid.TrustDomain
+	Logger      *slog.Logger
+	Clock       clock.Clock // nil means the real clock
+	// Handle is called for each event of the trust domain, in stream order, one at a time. It
+	// must not block for long: receivers queue slow work (fetches, re-issues) themselves.
+	Handle func(ctx context.Context, e *eventsv1.Event)
+	// Received, if set, is told of every message: its kind, or the reason it was skipped.
+	Received func(kind string, err error)
+}
+
+// Subscriber follows the event stream from the moment it first subscribes. After a disconnect or
+// a NATS restart it resumes after the last event it handled, so nothing published meanwhile is
+// missed while JetStream keeps it (StreamMaxAge).
+type Subscriber struct {
+	cfg     SubscriberConfig
+	started chan struct{}
+	once    sync.Once
+}
+
+// NewSubscriber prepares a subscriber; Run follows the stream.
+func NewSubscriber(cfg SubscriberConfig) *Subscriber {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Received == nil {
+		cfg.Received = func(string, error) {}
+	}
+	return &Subscriber{cfg: cfg, started: make(chan struct{})}
+}
+
+// Started is closed once the subscriber first follows the stream: events published from then on
+// reach Handle.
+func (s *Subscriber) Started() <-chan struct{} { return s.started }
+
+// Run follows the stream until ctx ends. Failures (NATS down, stream not created yet) are retried
+// with backoff and never end Run.
+func (s *Subscriber) Run(ctx context.Context) error {
+	js, err := jetstream.New(s.cfg.Conn)
+	if err != nil {
+		return err
+	}
+	var last uint64 // stream sequence of the last message handled
+	retry := backoff{min: 200 * time.Millisecond, max: 10 * time.Second}
+	for ctx.Err() == nil {
+		cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy, InactiveThreshold: time.Minute}
+		if last > 0 {
+			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
+		}
+		err := s.follow(ctx, js, cfg, &last, &retry)
+		if ctx.Err() != nil {
+			return nil
+		}
+		delay := retry.next()
+		s.cfg.Logger.Warn("following rotation events failed; retrying", "err", err, "retry_in", delay, "resume_after", last)
+		if !sleep(ctx, s.cfg.Clock, delay) {
+			return nil
+		}
+	}
+	return nil
+}
+
+func (s *Subscriber) follow(ctx context.Context, js jetstream.JetStream, cfg jetstream.OrderedConsumerConfig, last *uint64, retry *backoff) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	cons, err := js.OrderedConsumer(cctx, Stream, cfg)
+	cancel()
+	if err != nil {
+		return err
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	s.once.Do(func() { close(s.started) })
+	s.cfg.Logger.Info("following rotation events", "stream", Stream, "resume_after", *last)
+	retry.reset()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) && ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if meta, err := msg.Metadata(); err == nil {
+			*last = meta.Sequence.Stream
+		}
+		e, err := Decode(msg.Subject(), msg.Data())
+		if err != nil {
+			s.cfg.Received("malformed", err)
+			s.cfg.Logger.Warn("skipping an event", "err", err)
+			continue
+		}
+		if e.GetTrustDomain() != s.cfg.TrustDomain.Name() {
+			s.cfg.Received(Kind(e), errors.New("other trust domain"))
+			continue
+		}
+		s.cfg.Received(Kind(e), nil)
+		s.cfg.Handle(ctx, e)
+	}
+}
