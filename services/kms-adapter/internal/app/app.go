@@ -16,9 +16,12 @@ import (
 	"google.golang.org/grpc/health"
 	"k8s.io/utils/clock"
 
+	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/lifecycle"
+	"github.com/portcullis-mesh/portcullis/libs/natsserver"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/config"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/expiry"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/grpcapi"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/kmsmetrics"
@@ -37,6 +40,9 @@ type App struct {
 	registry *prometheus.Registry
 	backend  kms.Backend
 	api      *grpcapi.Server
+	rotator  kms.Rotator     // nil when the backend's CA is not rotated here
+	expiry   *expiry.Tracker // nil when events are disabled
+	announce *announcer      // queues events until the publisher runs
 }
 
 // New loads the service identity, opens the backend named by cfg.Backend and instruments it.
@@ -47,10 +53,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 	}
 	td := identity.TrustDomain()
 	clk := clock.RealClock{}
+	ann := &announcer{td: td}
 	backends := kms.Registry{
 		kms.BackendLocal: func(context.Context) (kms.Backend, error) {
 			return local.New(local.Config{StateDir: cfg.StateDir, TrustDomain: td, DefaultTTL: cfg.DefaultTTL,
-				MaxTTL: cfg.MaxTTL, RootTTL: cfg.RootTTL, Clock: clk, Logger: logger})
+				MaxTTL: cfg.MaxTTL, RootTTL: cfg.RootTTL, Clock: clk, Logger: logger, Observer: ann.rotation})
 		},
 	}
 	backend, err := backends.Open(ctx, cfg.Backend)
@@ -66,6 +73,16 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 			return nil, fmt.Errorf("registering runtime metrics: %w", err)
 		}
 	}
+	rotator, _ := backend.(kms.Rotator)
+	var tracker *expiry.Tracker
+	var apiAnnounce grpcapi.Announcer
+	if cfg.EventsEnabled() {
+		tracker = expiry.Wrap(backend, expiry.Config{Announce: ann, Clock: clk, Lead: cfg.ExpiryWarning})
+		backend, apiAnnounce = tracker, ann
+	} else {
+		ann.start(discard{})
+		logger.Warn("rotation events are disabled (no -nats-url, -nats-embedded=false): agents learn of CA changes only by polling")
+	}
 	instrumented, err := kmsmetrics.Wrap(ctx, kmsmetrics.Config{Backend: backend, Registerer: registry, Clock: clk})
 	if err != nil {
 		return nil, err
@@ -76,7 +93,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 		identity: identity,
 		registry: registry,
 		backend:  instrumented,
-		api:      grpcapi.New(grpcapi.Config{Backend: instrumented, Logger: logger}),
+		rotator:  rotator,
+		expiry:   tracker,
+		announce: ann,
+		api: grpcapi.New(grpcapi.Config{Backend: instrumented, Logger: logger, Rotator: rotator,
+			Announce: apiAnnounce, Clock: clk}),
 	}, nil
 }
 
@@ -89,6 +110,14 @@ func (a *App) Run(ctx context.Context) error {
 	hs := health.NewServer()
 	srv := a.api.GRPCServer(a.identity.ServerCredentials(), hs)
 	g, ctx := errgroup.WithContext(ctx)
+	if a.cfg.EventsEnabled() {
+		if err := a.startEvents(ctx, g); err != nil {
+			return err
+		}
+	}
+	if a.rotator != nil {
+		g.Go(func() error { return a.rotator.RunRotation(ctx) })
+	}
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, srv, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.registry, Ready: a.ready, Logger: a.logger}.Run(ctx)
@@ -99,6 +128,53 @@ func (a *App) Run(ctx context.Context) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// startEvents starts the embedded NATS server (unless an external one is configured), the
+// publisher and the expiry tracker.
+func (a *App) startEvents(ctx context.Context, g *errgroup.Group) error {
+	conn := a.cfg.NATS
+	if !conn.Enabled() {
+		srv, err := natsserver.Start(natsserver.Config{Listen: a.cfg.NATSListen, StoreDir: a.cfg.NATSStoreDir,
+			Identity: a.identity, Logger: a.logger})
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return srv.Run(ctx) })
+		conn.URL = srv.URL()
+	}
+	nc, err := events.Connect(conn, a.identity, "kms-adapter", a.logger)
+	if err != nil {
+		return err
+	}
+	published := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "portcullis_events_published_total",
+		Help: "Rotation events handed to NATS JetStream, by kind and result (ok, error).",
+	}, []string{"kind", "result"})
+	if err := a.registry.Register(published); err != nil {
+		nc.Close()
+		return err
+	}
+	pub, err := events.NewPublisher(events.PublisherConfig{Conn: nc, TrustDomain: a.identity.TrustDomain(), Logger: a.logger,
+		Published: func(kind string, err error) { published.WithLabelValues(kind, result(err)).Inc() }})
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	a.announce.start(pub)
+	g.Go(func() error {
+		defer nc.Close()
+		return pub.Run(ctx)
+	})
+	g.Go(func() error { return a.expiry.Run(ctx) })
+	return nil
+}
+
+func result(err error) string {
+	if err != nil {
+		return "error"
+	}
+	return "ok"
 }
 
 // ready reports whether the backend can answer; for Vault this is where an outage shows.
