@@ -17,6 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"k8s.io/utils/clock"
 
+	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/lifecycle"
 	"github.com/portcullis-mesh/portcullis/libs/mcpclient"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
@@ -29,6 +30,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/grpcapi"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/issuer"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/metrics"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/rotationevents"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/trustbundle"
 )
 
@@ -44,6 +46,8 @@ type App struct {
 	grpc    *grpc.Server
 	health  *health.Server
 	reg     *prometheus.Registry
+	id      *servicetls.Identity
+	issuer  *issuer.Issuer
 }
 
 // New builds citadel from cfg. Nothing is served until Run.
@@ -89,11 +93,13 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 		// Every renewal and retry of a pod presents the same token: check its signature once.
 		Verifier:   workloadtoken.NewCachedVerifier(verifier, clk, verifiedTokenMaxAge, cfg.CacheSize),
 		DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, CacheSize: cfg.CacheSize,
+		NodeSignRate: cfg.NodeSignRate, NodeSignBurst: cfg.NodeSignBurst,
 		Clock: clk, Metrics: m, Logger: logger,
 	})
 	if err != nil {
 		return nil, errors.Join(err, a.close())
 	}
+	a.id, a.issuer = id, iss
 	a.health = health.NewServer()
 	a.setServing(healthpb.HealthCheckResponse_NOT_SERVING)
 	srv := grpcapi.New(grpcapi.Config{Issuer: iss, Bundles: a.bundles, Logger: logger})
@@ -136,12 +142,40 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	})
 	g.Go(func() error { return a.bundles.Run(ctx) })
+	if a.cfg.NATS.Enabled() {
+		if err := a.followEvents(ctx, g); err != nil {
+			return err
+		}
+	} else {
+		a.logger.Warn("no -nats-url: rotation events are not followed; the bundle is polled every -bundle-refresh")
+	}
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, a.grpc, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: a.ready, Logger: a.logger}.Run(ctx)
 	})
 	g.Go(func() error { return a.reportHealth(ctx) })
 	return g.Wait()
+}
+
+// followEvents acts on kms-adapter's rotation events (see rotationevents).
+func (a *App) followEvents(ctx context.Context, g *errgroup.Group) error {
+	nc, err := events.Connect(a.cfg.NATS, a.id, "citadel", a.logger)
+	if err != nil {
+		return err
+	}
+	received, err := events.ReceivedCounter(a.reg)
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	h := &rotationevents.Handler{Cache: a.issuer, Bundles: a.bundles, Logger: a.logger}
+	sub := events.NewSubscriber(events.SubscriberConfig{Conn: nc, TrustDomain: a.id.TrustDomain(), Logger: a.logger,
+		Handle: h.Handle, Received: received})
+	g.Go(func() error {
+		defer nc.Close()
+		return sub.Run(ctx)
+	})
+	return nil
 }
 
 // ready: citadel can authorize only once it knows the pods, and node agents need the roots.

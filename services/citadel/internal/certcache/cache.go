@@ -94,6 +94,22 @@ func (c *Cache) Put(key Key, entry Entry) {
 	c.items[key] = it
 }
 
+// Drop removes every entry of identity, or every entry at all if identity is empty, and returns
+// how many it removed. Rotation events use it: after a forced rotation, a revocation or a CA
+// activation, the certificates held must not be handed out again.
+func (c *Cache) Drop(identity string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for key, it := range c.items {
+		if identity == "" || key.Identity == identity {
+			c.remove(it)
+			n++
+		}
+	}
+	return n
+}
+
 // Len is the number of entries, expired ones included until they are evicted.
 func (c *Cache) Len() int {
 	c.mu.RLock()

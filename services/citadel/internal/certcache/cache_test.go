@@ -88,3 +88,29 @@ func TestPutReplaces(t *testing.T) {
 		t.Errorf("entry not replaced: %v", e.Chain)
 	}
 }
+
+func TestDropByIdentityAndAll(t *testing.T) {
+	clk := clocktesting.NewFakePassiveClock(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
+	c := New(10, clk)
+	e := Entry{NotBefore: clk.Now(), NotAfter: clk.Now().Add(time.Hour)}
+	a1, a2, b := NewKey("spiffe://td/a", []byte{1}), NewKey("spiffe://td/a", []byte{2}), NewKey("spiffe://td/b", []byte{1})
+	for _, k := range []Key{a1, a2, b} {
+		c.Put(k, e)
+	}
+	if n := c.Drop("spiffe://td/a"); n != 2 {
+		t.Fatalf("Drop(a) = %d, want 2", n)
+	}
+	if _, ok := c.Get(a1); ok {
+		t.Error("a dropped entry is still served")
+	}
+	if _, ok := c.Get(b); !ok {
+		t.Error("another identity's entry was dropped")
+	}
+	if n := c.Drop(""); n != 1 || c.Len() != 0 {
+		t.Errorf("Drop(all) = %d leaving %d, want 1 leaving 0", n, c.Len())
+	}
+	c.Put(a1, e) // the heap and age list stay consistent after drops
+	if _, ok := c.Get(a1); !ok {
+		t.Error("put after drop lost")
+	}
+}

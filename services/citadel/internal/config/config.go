@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 )
 
@@ -21,6 +22,10 @@ const (
 	DefaultMaxTTL        = 90 * 24 * time.Hour
 	DefaultCacheSize     = 100000
 	DefaultBundleRefresh = 30 * time.Second
+	// A node hosts at most a few hundred pods: a burst of 1000 lets all of them start (or re-issue
+	// after a CA activation) at once, and 50/s afterwards keeps one node from flooding the CA.
+	DefaultNodeSignRate  = 50
+	DefaultNodeSignBurst = 1000
 )
 
 // Config is citadel's configuration.
@@ -37,6 +42,9 @@ type Config struct {
 	CacheSize     int
 	BundleRefresh time.Duration
 	TLS           servicetls.Files
+	NATS          events.ConnConfig
+	NodeSignRate  float64
+	NodeSignBurst int
 }
 
 // RegisterFlags binds the config to fs with its defaults.
@@ -53,6 +61,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.CacheSize, "cache-size", DefaultCacheSize, "most certificates kept in the issuance cache")
 	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", DefaultBundleRefresh, "interval between trust bundle fetches from kms-adapter")
 	c.TLS.RegisterFlags(fs)
+	c.NATS.RegisterFlags(fs)
+	fs.Float64Var(&c.NodeSignRate, "node-sign-rate", DefaultNodeSignRate, "signatures per second one node's agent may cause (cache hits are free); 0 disables the limit")
+	fs.IntVar(&c.NodeSignBurst, "node-sign-burst", DefaultNodeSignBurst, "signatures one node may cause at once before -node-sign-rate applies")
 }
 
 // Validate reports every problem at once.
@@ -86,6 +97,12 @@ func (c *Config) Validate() error {
 	}
 	if err := c.TLS.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if err := c.NATS.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.NodeSignRate < 0 || (c.NodeSignRate > 0 && c.NodeSignBurst < 1) {
+		errs = append(errs, fmt.Errorf("-node-sign-rate (%g) must not be negative, and -node-sign-burst (%d) must be at least 1 with a rate", c.NodeSignRate, c.NodeSignBurst))
 	}
 	return errors.Join(errs...)
 }

@@ -126,7 +126,7 @@ func (s *Server) GetTrustBundle(ctx context.Context, _ *cav1.GetTrustBundleReque
 	if err != nil {
 		return nil, toStatus(err).Err()
 	}
-	return &cav1.GetTrustBundleResponse{TrustDomain: b.TrustDomain, RootCertificates: b.Roots}, nil
+	return &cav1.GetTrustBundleResponse{TrustDomain: b.TrustDomain, RootCertificates: b.Roots, Version: b.Version}, nil
 }
 
 // bearerToken reads "authorization: Bearer <jwt>"; no header yields "" (the issuer refuses that
@@ -157,6 +157,8 @@ func toStatus(err error) *status.Status {
 		code = codes.Unauthenticated
 	case errors.Is(err, issuer.ErrInvalidCSR), errors.Is(err, issuer.ErrInvalidTTL):
 		code = codes.InvalidArgument
+	case errors.Is(err, issuer.ErrRateLimited):
+		code = codes.ResourceExhausted
 	case errors.Is(err, issuer.ErrPodsNotSynced), errors.Is(err, issuer.ErrKMSUnavailable),
 		errors.Is(err, trustbundle.ErrUnavailable):
 		code = codes.Unavailable

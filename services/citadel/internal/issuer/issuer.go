@@ -49,6 +49,7 @@ var (
 	ErrInvalidTTL      = errors.New("invalid validity duration")
 	ErrKMSUnavailable  = errors.New("kms-adapter unavailable")
 	ErrSigning         = errors.New("signing failed")
+	ErrRateLimited     = errors.New("signing rate limit of the node exceeded")
 )
 
 // Pods is the cluster's pod view. Get and Synced must be safe for concurrent use; Synced is closed
@@ -89,14 +90,21 @@ type Config struct {
 	// SignTimeout bounds one kms-adapter call; 0 means 30s. The call is shared by coalesced
 	// requests, so it does not end with the first requester's context.
 	SignTimeout time.Duration
-	Clock       clock.Clock
-	Metrics     *metrics.Metrics
-	Logger      *slog.Logger
+	// NodeSignRate and NodeSignBurst bound the kms-adapter signatures one node may cause (cache
+	// hits are free): a node cannot flood the CA, and a fleet-wide rotation that arrives faster
+	// than the agents' jitter spreads it is refused with a clear error the agents back off on.
+	// A zero rate means no limit.
+	NodeSignRate  float64
+	NodeSignBurst int
+	Clock         clock.Clock
+	Metrics       *metrics.Metrics
+	Logger        *slog.Logger
 }
 
 // Issuer runs the pipeline. It is safe for concurrent use.
 type Issuer struct {
 	cfg    Config
+	limits *nodeLimits
 	cache  *certcache.Cache
 	csrs   *expirycache.Cache[[sha256.Size]byte, *x509.CertificateRequest]
 	flight singleflight.Group
@@ -121,8 +129,9 @@ func New(cfg Config) (*Issuer, error) {
 		cfg.SignTimeout = 30 * time.Second
 	}
 	return &Issuer{
-		cfg:   cfg,
-		cache: certcache.New(cfg.CacheSize, cfg.Clock),
+		cfg:    cfg,
+		limits: newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
+		cache:  certcache.New(cfg.CacheSize, cfg.Clock),
 		csrs:  expirycache.New[[sha256.Size]byte, *x509.CertificateRequest](cfg.CacheSize),
 	}, nil
 }
@@ -192,7 +201,7 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	res, err := i.sign(ctx, id, csr, ttl)
+	res, err := i.sign(ctx, node, id, csr, ttl)
 	if err != nil {
 		m.CSRSignErrors.Inc()
 		return Result{}, err

@@ -26,13 +26,17 @@ const ttlSlack = time.Minute
 
 // sign returns a chain for (id, the CSR's key) valid for about ttl: a cached one while it is fresh,
 // else one kms-adapter signs. Concurrent misses for the same key share one kms-adapter call.
-func (i *Issuer) sign(ctx context.Context, id spiffeid.ID, csr *x509.CertificateRequest, ttl time.Duration) (Result, error) {
+func (i *Issuer) sign(ctx context.Context, node string, id spiffeid.ID, csr *x509.CertificateRequest, ttl time.Duration) (Result, error) {
 	key := certcache.NewKey(id.String(), csr.RawSubjectPublicKeyInfo)
 	if e, ok := i.cached(key, ttl); ok {
 		i.cfg.Metrics.CacheHits.Inc()
 		return Result{Identity: id, Chain: e.Chain, Cached: true}, nil
 	}
 	i.cfg.Metrics.CacheMisses.Inc()
+	if !i.limits.allow(node, i.cfg.Clock.Now()) {
+		return Result{}, fmt.Errorf("%w: node %q may cause %.0f signatures per second (burst %d); retry with backoff",
+			ErrRateLimited, node, i.cfg.NodeSignRate, i.cfg.NodeSignBurst)
+	}
 
 	flightKey := key.Identity + "\x00" + string(key.SPKI[:]) + "\x00" + strconv.FormatInt(int64(ttl), 10)
 	ch := i.flight.DoChan(flightKey, func() (any, error) {

@@ -87,7 +87,7 @@ func TestRefusesChainsKMSShouldNotHaveSigned(t *testing.T) {
 				t.Fatal(err)
 			}
 			id := spiffeid.RequireFromString("spiffe://example.org/ns/shop/sa/cart")
-			_, err = iss.sign(context.Background(), id, csr, time.Hour)
+			_, err = iss.sign(context.Background(), "node-a", id, csr, time.Hour)
 			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("err = %v, want %v containing %q", err, tc.want, tc.msg)
 			}

@@ -32,6 +32,7 @@ type KMS interface {
 type Bundle struct {
 	TrustDomain    string
 	Roots          [][]byte // DER
+	Version        uint64   // kms-adapter's bundle version (0: unversioned)
 	EarliestExpiry time.Time
 }
 
@@ -109,6 +110,10 @@ func (s *Source) Roots(ctx context.Context) ([]*x509.Certificate, error) {
 	return roots, nil
 }
 
+// Refresh fetches the bundle now (a rotation event says it changed). A failure keeps the last
+// good bundle and is returned.
+func (s *Source) Refresh(ctx context.Context) (*Bundle, error) { return s.refresh(ctx) }
+
 // Current is the held bundle, or nil.
 func (s *Source) Current() *Bundle {
 	s.mu.RLock()
@@ -131,6 +136,10 @@ func (s *Source) refresh(ctx context.Context) (*Bundle, error) {
 			return nil, err
 		}
 		s.mu.Lock()
+		if cur := s.current; cur != nil && b.Version < cur.Version {
+			// An answer older than what is held (a fetch that raced a rotation): keep the newer.
+			b = cur
+		}
 		s.current = b
 		s.mu.Unlock()
 		if s.cfg.OnUpdate != nil {
@@ -153,7 +162,7 @@ func parse(resp *kmsv1.GetTrustBundleResponse) (*Bundle, error) {
 	if resp.GetTrustDomain() == "" || len(resp.GetRootCertificates()) == 0 {
 		return nil, errors.New("kms-adapter returned an empty trust bundle")
 	}
-	b := &Bundle{TrustDomain: resp.GetTrustDomain()}
+	b := &Bundle{TrustDomain: resp.GetTrustDomain(), Version: resp.GetVersion()}
 	for i, der := range resp.GetRootCertificates() {
 		cert, err := x509.ParseCertificate(der)
 		if err != nil {

@@ -147,16 +147,13 @@ func (a *App) startEvents(ctx context.Context, g *errgroup.Group) error {
 	if err != nil {
 		return err
 	}
-	published := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "portcullis_events_published_total",
-		Help: "Rotation events handed to NATS JetStream, by kind and result (ok, error).",
-	}, []string{"kind", "result"})
-	if err := a.registry.Register(published); err != nil {
+	published, err := events.PublishedCounter(a.registry)
+	if err != nil {
 		nc.Close()
 		return err
 	}
 	pub, err := events.NewPublisher(events.PublisherConfig{Conn: nc, TrustDomain: a.identity.TrustDomain(), Logger: a.logger,
-		Published: func(kind string, err error) { published.WithLabelValues(kind, result(err)).Inc() }})
+		Published: published})
 	if err != nil {
 		nc.Close()
 		return err
@@ -168,13 +165,6 @@ func (a *App) startEvents(ctx context.Context, g *errgroup.Group) error {
 	})
 	g.Go(func() error { return a.expiry.Run(ctx) })
 	return nil
-}
-
-func result(err error) string {
-	if err != nil {
-		return "error"
-	}
-	return "ok"
 }
 
 // ready reports whether the backend can answer; for Vault this is where an outage shows.

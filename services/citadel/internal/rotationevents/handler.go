@@ -1,0 +1,95 @@
+// Package rotationevents is how citadel acts on kms-adapter's rotation events: it drops cached
+// certificates that must not be handed out again and refetches the trust bundle. Events are hints:
+// nothing in one is served; the worst a forged event can do is cost a refetch or a re-signing.
+package rotationevents
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	eventsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/events/v1"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/trustbundle"
+)
+
+// Cache is the part of the issuer that events act on.
+type Cache interface {
+	Forget(id spiffeid.ID) int
+	ForgetAll() int
+}
+
+// Bundles is the trust bundle source.
+type Bundles interface {
+	Refresh(ctx context.Context) (*trustbundle.Bundle, error)
+}
+
+// Handler acts on events. Handle never blocks on the network.
+type Handler struct {
+	Cache   Cache
+	Bundles Bundles
+	Logger  *slog.Logger
+	// RetryDelay is the first pause before refetching a bundle older than the event announced
+	// (kms-adapter may answer before the change is visible to every reader); 0 means 200ms.
+	RetryDelay time.Duration
+}
+
+// bundleAttempts bounds refetches for one event: the version an event names is not trusted, so a
+// forged one can cause at most this many fetches.
+const bundleAttempts = 5
+
+// Handle implements the events.SubscriberConfig Handle contract.
+func (h *Handler) Handle(ctx context.Context, e *eventsv1.Event) {
+	switch k := e.GetKind().(type) {
+	case *eventsv1.Event_TrustBundleChanged:
+		go h.refresh(ctx, k.TrustBundleChanged.GetBundleVersion())
+	case *eventsv1.Event_CaRotation:
+		if k.CaRotation.GetStep() == eventsv1.CARotation_STEP_ACTIVATED {
+			n := h.Cache.ForgetAll()
+			h.Logger.Info("ca activated: dropped every cached certificate", "dropped", n)
+		}
+		go h.refresh(ctx, k.CaRotation.GetBundleVersion())
+	case *eventsv1.Event_IdentityRotation:
+		h.forget(k.IdentityRotation.GetSpiffeId(), "identity force-rotated")
+	case *eventsv1.Event_IdentityRevocation:
+		h.forget(k.IdentityRevocation.GetSpiffeId(), "identity revoked")
+	}
+}
+
+func (h *Handler) forget(raw, why string) {
+	id, err := spiffeid.FromString(raw)
+	if err != nil {
+		h.Logger.Warn("ignoring an event with a bad spiffe id", "spiffe_id", raw, "err", err)
+		return
+	}
+	n := h.Cache.Forget(id)
+	h.Logger.Info(why+": dropped its cached certificates", "spiffe_id", id.String(), "dropped", n)
+}
+
+// refresh refetches the bundle until it is at least version want, a few times at most.
+func (h *Handler) refresh(ctx context.Context, want uint64) {
+	delay := h.RetryDelay
+	if delay == 0 {
+		delay = 200 * time.Millisecond
+	}
+	for attempt := 1; ; attempt++ {
+		b, err := h.Bundles.Refresh(ctx)
+		if err == nil && b.Version >= want {
+			return
+		}
+		if attempt == bundleAttempts {
+			h.Logger.Warn("trust bundle did not reach the version an event announced; the periodic refresh continues",
+				"want_version", want, "err", err)
+			return
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		delay *= 2
+	}
+}
