@@ -132,7 +132,7 @@ func New(cfg Config) (*Issuer, error) {
 		cfg:    cfg,
 		limits: newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
 		cache:  certcache.New(cfg.CacheSize, cfg.Clock),
-		csrs:  expirycache.New[[sha256.Size]byte, *x509.CertificateRequest](cfg.CacheSize),
+		csrs:   expirycache.New[[sha256.Size]byte, *x509.CertificateRequest](cfg.CacheSize),
 	}, nil
 }
 

@@ -21,6 +21,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"k8s.io/utils/clock"
 
+	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/lifecycle"
 	"github.com/portcullis-mesh/portcullis/libs/mcpclient"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
@@ -29,6 +30,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/config"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/metrics"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/rotationevents"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
@@ -100,7 +102,7 @@ func (a *App) Run(ctx context.Context) error {
 	keyType, _ := secrets.ParseKeyType(a.cfg.KeyType) // validated in config
 	citadel := citadelclient.New(citadelConn)
 	manager := secrets.New(secrets.Config{
-		Signer: citadel, Bundles: citadel, Clock: clock.RealClock{}, Logger: a.logger, Observe: m,
+		Signer: citadel, Bundles: citadel, Clock: clock.RealClock{}, Logger: a.logger, Observe: m, Rotations: m,
 		TTL: a.cfg.CertTTL, KeyType: keyType, Jitter: a.cfg.RenewJitter, Refresh: a.cfg.BundleRefresh,
 	})
 	sdsServer := sds.New(sds.Config{
@@ -138,12 +140,40 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	})
 	g.Go(func() error { return manager.Run(ctx) })
+	if a.cfg.NATS.Enabled() {
+		if err := a.followEvents(ctx, g, manager); err != nil {
+			return err
+		}
+	} else {
+		a.logger.Warn("no -nats-url: rotation events are not followed; the bundle is polled every -bundle-refresh and certificates renew on their timers")
+	}
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, srv, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: ready, Logger: a.logger}.Run(ctx)
 	})
 	a.logger.Info("node agent started", "node", a.cfg.NodeName, "spiffe_id", a.id.ID().String(), "socket", a.cfg.Socket)
 	return g.Wait()
+}
+
+// followEvents acts on kms-adapter's rotation events (see rotationevents).
+func (a *App) followEvents(ctx context.Context, g *errgroup.Group, manager *secrets.Manager) error {
+	nc, err := events.Connect(a.cfg.NATS, a.id, "nodeagent/"+a.cfg.NodeName, a.logger)
+	if err != nil {
+		return err
+	}
+	received, err := events.ReceivedCounter(a.reg)
+	if err != nil {
+		nc.Close()
+		return err
+	}
+	h := &rotationevents.Handler{Secrets: manager, Logger: a.logger, BundleJitter: a.cfg.BundleJitter, RotateJitter: a.cfg.RotateJitter}
+	sub := events.NewSubscriber(events.SubscriberConfig{Conn: nc, TrustDomain: a.id.TrustDomain(), Logger: a.logger,
+		Handle: h.Handle, Received: received})
+	g.Go(func() error {
+		defer nc.Close()
+		return sub.Run(ctx)
+	})
+	return nil
 }
 
 // listenSocket opens the SDS socket with its mode set, replacing a stale socket left by a

@@ -71,21 +71,21 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, cred secrets.Credentia
 	return chain, nil
 }
 
-// TrustBundle fetches the roots.
-func (c *Client) TrustBundle(ctx context.Context) ([]*x509.Certificate, error) {
+// TrustBundle fetches the roots and the bundle's version.
+func (c *Client) TrustBundle(ctx context.Context) ([]*x509.Certificate, uint64, error) {
 	resp, err := c.bundle.GetTrustBundle(ctx, &cav1.GetTrustBundleRequest{})
 	if err != nil {
-		return nil, classify("citadel GetTrustBundle", err)
+		return nil, 0, classify("citadel GetTrustBundle", err)
 	}
 	roots := make([]*x509.Certificate, 0, len(resp.GetRootCertificates()))
 	for _, der := range resp.GetRootCertificates() {
 		cert, err := x509.ParseCertificate(der)
 		if err != nil {
-			return nil, fmt.Errorf("parsing trust bundle root: %w", err)
+			return nil, 0, fmt.Errorf("parsing trust bundle root: %w", err)
 		}
 		roots = append(roots, cert)
 	}
-	return roots, nil
+	return roots, resp.GetVersion(), nil
 }
 
 // classify marks refusals that retrying cannot fix as secrets.ErrRejected, keeping the gRPC

@@ -23,6 +23,8 @@ const (
 	certExpiry        = "portcullis_nodeagent_cert_expiry_timestamp_seconds"
 	bundleRoots       = "portcullis_nodeagent_trust_bundle_roots"
 	bundleRootsExpiry = "portcullis_nodeagent_trust_bundle_earliest_expiry_timestamp_seconds"
+	bundleVersion     = "portcullis_nodeagent_trust_bundle_version"
+	eventApplied      = "portcullis_nodeagent_event_to_update_seconds"
 )
 
 // Metrics implements secrets.Observer and sds.Observer.
@@ -37,6 +39,8 @@ type Metrics struct {
 	expiry        *prometheus.GaugeVec
 	roots         prometheus.Gauge
 	rootsExpiry   prometheus.Gauge
+	version       prometheus.Gauge
+	applied       *prometheus.HistogramVec
 }
 
 // New registers the metrics on reg.
@@ -52,8 +56,13 @@ func New(reg prometheus.Registerer) *Metrics {
 		expiry:        prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: certExpiry, Help: "Expiry of each identity's current certificate."}, []string{"spiffe_id"}),
 		roots:         prometheus.NewGauge(prometheus.GaugeOpts{Name: bundleRoots, Help: "Roots in the trust bundle."}),
 		rootsExpiry:   prometheus.NewGauge(prometheus.GaugeOpts{Name: bundleRootsExpiry, Help: "Earliest expiry among the trust bundle's roots."}),
+		version:       prometheus.NewGauge(prometheus.GaugeOpts{Name: bundleVersion, Help: "Version of the trust bundle the agent holds (kms-adapter's numbering)."}),
+		applied: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: eventApplied, Help: "Time from a rotation event's arrival until its update (bundle or certificate) was ready to push on SDS streams, jitter included.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 16),
+		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.streams, m.pushes, m.nacks, m.refused, m.issued, m.issueFailed, m.issueDuration, m.expiry, m.roots, m.rootsExpiry)
+	reg.MustRegister(m.streams, m.pushes, m.nacks, m.refused, m.issued, m.issueFailed, m.issueDuration, m.expiry, m.roots, m.rootsExpiry, m.version, m.applied)
 	return m
 }
 
@@ -69,6 +78,11 @@ func (m *Metrics) Issued(id spiffeid.ID, leaf *x509.Certificate, took time.Durat
 	m.issued.Inc()
 	m.issueDuration.Observe(took.Seconds())
 	m.expiry.WithLabelValues(id.String()).Set(float64(leaf.NotAfter.Unix()))
+}
+
+func (m *Metrics) BundleVersion(v uint64) { m.version.Set(float64(v)) }
+func (m *Metrics) EventApplied(kind string, took time.Duration) {
+	m.applied.WithLabelValues(kind).Observe(took.Seconds())
 }
 
 func (m *Metrics) BundleChanged(roots []*x509.Certificate) {

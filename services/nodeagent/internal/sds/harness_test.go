@@ -385,8 +385,8 @@ func (ca *testCA) Sign(_ context.Context, csrPEM []byte, _ secrets.Credential, t
 	return []*x509.Certificate{leaf, ca.inter, ca.root}, nil
 }
 
-func (ca *testCA) TrustBundle(context.Context) ([]*x509.Certificate, error) {
-	return []*x509.Certificate{ca.root}, nil
+func (ca *testCA) TrustBundle(context.Context) ([]*x509.Certificate, uint64, error) {
+	return []*x509.Certificate{ca.root}, 1, nil
 }
 
 func genKey(tb testing.TB) *ecdsa.PrivateKey {

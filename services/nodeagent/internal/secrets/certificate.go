@@ -82,18 +82,8 @@ func newCertificate(id spiffeid.ID, key crypto.Signer, chain []*x509.Certificate
 	if now.Before(leaf.NotBefore) || !now.Before(leaf.NotAfter) {
 		return nil, fmt.Errorf("certificate valid %s to %s, not now", leaf.NotBefore, leaf.NotAfter)
 	}
-	rootPool, inter := x509.NewCertPool(), x509.NewCertPool()
-	for _, r := range roots {
-		rootPool.AddCert(r)
-	}
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots: rootPool, Intermediates: inter, CurrentTime: now,
-		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	}); err != nil {
-		return nil, fmt.Errorf("certificate does not chain to the trust bundle: %w", err)
+	if err := chainsTo(chain, roots, now); err != nil {
+		return nil, err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
@@ -113,6 +103,24 @@ func newCertificate(id spiffeid.ID, key crypto.Signer, chain []*x509.Certificate
 		ChainPEM: pemcerts.Encode(presented),
 		KeyPEM:   pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}),
 	}, nil
+}
+
+// chainsTo checks that chain's leaf verifies up to one of roots at now.
+func chainsTo(chain, roots []*x509.Certificate, now time.Time) error {
+	rootPool, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range roots {
+		rootPool.AddCert(r)
+	}
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{
+		Roots: rootPool, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
+	}); err != nil {
+		return fmt.Errorf("certificate does not chain to the trust bundle: %w", err)
+	}
+	return nil
 }
 
 func isSelfSigned(c *x509.Certificate) bool {

@@ -58,9 +58,9 @@ func (m *Manager) credentialLocked(e *entry) Credential {
 	return Credential{Token: e.token}
 }
 
-// BundleSource returns the current trust bundle roots.
+// BundleSource returns the current trust bundle: its roots and its version (0: unversioned).
 type BundleSource interface {
-	TrustBundle(ctx context.Context) ([]*x509.Certificate, error)
+	TrustBundle(ctx context.Context) ([]*x509.Certificate, uint64, error)
 }
 
 // Observer is told about the manager's work; metrics implement it. It is required.
@@ -78,7 +78,9 @@ type Config struct {
 	Clock   clock.WithDelayedExecution
 	Logger  *slog.Logger
 	Observe Observer
-	TTL     time.Duration // requested certificate lifetime
+	// Rotations, if set, is told how rotation events are applied.
+	Rotations RotationObserver
+	TTL       time.Duration // requested certificate lifetime
 	KeyType KeyType
 	Jitter  float64       // renewal jitter as a fraction of lifetime; 0 means DefaultJitter (config refuses 0)
 	Refresh time.Duration // trust bundle poll interval
@@ -91,11 +93,12 @@ type Manager struct {
 	cfg    Config
 	flight singleflight.Group
 
-	mu      sync.Mutex
-	entries map[spiffeid.ID]*entry
-	roots   []*x509.Certificate
-	subs    map[*Subscription]struct{}
-	closed  bool
+	mu            sync.Mutex
+	entries       map[spiffeid.ID]*entry
+	roots         []*x509.Certificate
+	bundleVersion uint64
+	subs          map[*Subscription]struct{}
+	closed        bool
 }
 
 type entry struct {
@@ -103,6 +106,8 @@ type entry struct {
 	cert     *Certificate
 	timer    clock.Timer
 	failures int
+	// cause is the rotation event that asked for the re-issue under way (nil: none).
+	cause *cause
 }
 
 // Subscription is told (on C, coalesced) when its identity's certificate or the bundle changes.
@@ -232,6 +237,10 @@ func (m *Manager) issue(id spiffeid.ID) (*Certificate, error) {
 		return cert, nil
 	}
 	e.cert, e.failures = cert, 0
+	if e.cause != nil {
+		m.applied(e.cause)
+		e.cause = nil
+	}
 	m.scheduleLocked(id, e, renewAt(cert.Leaf().NotBefore, cert.Leaf().NotAfter, m.cfg.Jitter, symmetric()).Sub(m.cfg.Clock.Now()))
 	m.notifyLocked(id)
 	m.cfg.Logger.Info("certificate issued", "spiffe_id", id.String(), "serial", cert.Leaf().SerialNumber.Text(16),
@@ -333,7 +342,7 @@ func (m *Manager) Roots(ctx context.Context) ([]*x509.Certificate, error) {
 
 func (m *Manager) refreshBundle(ctx context.Context) ([]*x509.Certificate, error) {
 	v, err, _ := m.flight.Do("\x00bundle", func() (any, error) {
-		roots, err := m.cfg.Bundles.TrustBundle(ctx)
+		roots, version, err := m.cfg.Bundles.TrustBundle(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("fetching trust bundle: %w", err)
 		}
@@ -342,10 +351,18 @@ func (m *Manager) refreshBundle(ctx context.Context) ([]*x509.Certificate, error
 		}
 		m.mu.Lock()
 		defer m.mu.Unlock()
+		if version != 0 && version < m.bundleVersion {
+			return m.roots, nil // an older answer (citadel replicas catching up): keep the newer
+		}
+		m.bundleVersion = version
+		if m.cfg.Rotations != nil {
+			m.cfg.Rotations.BundleVersion(version)
+		}
 		if !slices.EqualFunc(roots, m.roots, (*x509.Certificate).Equal) {
 			m.roots = roots
 			m.cfg.Observe.BundleChanged(roots)
 			m.notifyLocked(spiffeid.ID{})
+			m.replaceUntrustedLocked()
 		}
 		return m.roots, nil
 	})

@@ -30,19 +30,20 @@ import (
 type testCA struct {
 	clk clock.PassiveClock
 
-	mu          sync.Mutex
-	root, inter *x509.Certificate
-	interKey    crypto.Signer
-	bundle      []*x509.Certificate
-	signCalls   int
-	bundleCalls int
-	tokens      []string
-	creds       []Credential
-	failWith    error // Sign returns it
-	wrongKey    bool  // Sign certifies a fresh key instead of the CSR's
-	wrongID     bool  // Sign names another identity than the CSR
-	emptyChain  bool  // Sign returns no certificates and no error
-	gate        chan struct{}
+	mu            sync.Mutex
+	root, inter   *x509.Certificate
+	interKey      crypto.Signer
+	bundle        []*x509.Certificate
+	signCalls     int
+	bundleCalls   int
+	bundleVersion uint64
+	tokens        []string
+	creds         []Credential
+	failWith      error // Sign returns it
+	wrongKey      bool  // Sign certifies a fresh key instead of the CSR's
+	wrongID       bool  // Sign names another identity than the CSR
+	emptyChain    bool  // Sign returns no certificates and no error
+	gate          chan struct{}
 }
 
 func newTestCA(t testing.TB, clk clock.PassiveClock) *testCA {
@@ -50,6 +51,7 @@ func newTestCA(t testing.TB, clk clock.PassiveClock) *testCA {
 	ca := &testCA{clk: clk}
 	ca.root, ca.inter, ca.interKey = newHierarchy(t, clk.Now(), "test root 1")
 	ca.bundle = []*x509.Certificate{ca.root}
+	ca.bundleVersion = 1
 	return ca
 }
 
@@ -62,6 +64,15 @@ func (ca *testCA) rotate(t testing.TB) {
 	defer ca.mu.Unlock()
 	ca.root, ca.inter, ca.interKey = root, inter, key
 	ca.bundle = append(slices.Clone(ca.bundle), root)
+	ca.bundleVersion++
+}
+
+// retire drops every root but the signing one from the bundle.
+func (ca *testCA) retire() {
+	ca.mu.Lock()
+	defer ca.mu.Unlock()
+	ca.bundle = []*x509.Certificate{ca.root}
+	ca.bundleVersion++
 }
 
 func (ca *testCA) set(f func(ca *testCA)) {
@@ -154,11 +165,11 @@ func (ca *testCA) Sign(ctx context.Context, csrPEM []byte, cred Credential, ttl 
 	return []*x509.Certificate{leaf, inter, root}, nil
 }
 
-func (ca *testCA) TrustBundle(context.Context) ([]*x509.Certificate, error) {
+func (ca *testCA) TrustBundle(context.Context) ([]*x509.Certificate, uint64, error) {
 	ca.mu.Lock()
 	defer ca.mu.Unlock()
 	ca.bundleCalls++
-	return slices.Clone(ca.bundle), nil
+	return slices.Clone(ca.bundle), ca.bundleVersion, nil
 }
 
 // newHierarchy makes a root and an intermediate valid around now.
