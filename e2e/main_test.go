@@ -29,8 +29,12 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		binDir = dir
-		for _, svc := range []string{stack.KMSAdapter, stack.MCPSync, stack.Citadel, stack.NodeAgent} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, svc), "./services/"+svc+"/cmd/"+svc)
+		for svc, pkg := range map[string]string{
+			stack.KMSAdapter: "./services/kms-adapter/cmd/kms-adapter", stack.MCPSync: "./services/mcp-sync/cmd/mcp-sync",
+			stack.Citadel: "./services/citadel/cmd/citadel", stack.NodeAgent: "./services/nodeagent/cmd/nodeagent",
+			stack.NATS: "./tools/cmd/natsd",
+		} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, svc), pkg)
 			cmd.Dir = ".."
 			if out, err := cmd.CombinedOutput(); err != nil {
 				fmt.Fprintf(os.Stderr, "building %s: %v\n%s", svc, err, out)
@@ -55,6 +59,12 @@ func startStack(t testing.TB) (*stack.Stack, string) {
 // startStackWith is startStack with extra flags per service binary.
 func startStackWith(t testing.TB, extra map[string][]string) (*stack.Stack, string) {
 	t.Helper()
+	return startStackOpts(t, stack.Options{Extra: extra})
+}
+
+// startStackOpts is startStack with options (BinDir, Dir, Manifests and Nodes are filled in).
+func startStackOpts(t testing.TB, opts stack.Options) (*stack.Stack, string) {
+	t.Helper()
 	manifests := filepath.Join(t.TempDir(), "manifests")
 	if err := os.CopyFS(manifests, os.DirFS("../examples/cluster")); err != nil {
 		t.Fatal(err)
@@ -66,9 +76,8 @@ func startStackWith(t testing.TB, extra map[string][]string) (*stack.Stack, stri
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := stack.Start(ctx, stack.Options{
-		BinDir: binDir, Dir: dir, Manifests: manifests, Nodes: []string{"node-a", "node-b"}, Extra: extra,
-	})
+	opts.BinDir, opts.Dir, opts.Manifests, opts.Nodes = binDir, dir, manifests, []string{"node-a", "node-b"}
+	s, err := stack.Start(ctx, opts)
 	if err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)
@@ -78,7 +87,7 @@ func startStackWith(t testing.TB, extra map[string][]string) (*stack.Stack, stri
 			t.Error(err)
 		}
 		if t.Failed() {
-			for _, n := range []string{stack.KMSAdapter, stack.MCPSync, stack.Citadel, "nodeagent-node-a", "nodeagent-node-b"} {
+			for _, n := range []string{stack.NATS, stack.KMSAdapter, stack.MCPSync, stack.Citadel, "nodeagent-node-a", "nodeagent-node-b"} {
 				if b, err := os.ReadFile(filepath.Join(dir, "logs", n+".log")); err == nil {
 					t.Logf("--- %s log:\n%s", n, tail(string(b), 30))
 				}

@@ -21,6 +21,7 @@ const (
 	MCPSync    = "mcp-sync"
 	Citadel    = "citadel"
 	NodeAgent  = "nodeagent"
+	NATS       = "natsd"
 )
 
 // Dev-stack token settings.
@@ -38,6 +39,9 @@ type Options struct {
 	TrustDomain string   // default cluster.local
 	// Extra flags per service binary name, appended to the defaults.
 	Extra map[string][]string
+	// ExternalNATS runs the event bus as a process of its own (natsd) instead of inside
+	// kms-adapter, so that tests can stop NATS while kms-adapter keeps running.
+	ExternalNATS bool
 }
 
 // Stack is a running Portcullis.
@@ -47,6 +51,7 @@ type Stack struct {
 	ca     *servicetls.BootstrapCA
 	issuer *workloadtoken.Issuer
 	jwks   string
+	nats   []string // flags that point a service at the event bus
 	procs  map[string]*Process // by name: kms-adapter, mcp-sync, citadel, nodeagent-<node>
 	order  []string
 }
@@ -115,10 +120,23 @@ func (s *Stack) add(ctx context.Context, name, bin string, id spiffeid.ID, want 
 func (s *Stack) startAll(ctx context.Context) error {
 	id := func(svc string) spiffeid.ID { return spiffeid.RequireFromSegments(s.td, "portcullis", svc) }
 	grpcAdmin := []string{"grpc", "admin"}
-	if err := s.add(ctx, KMSAdapter, KMSAdapter, id(servicetls.KMSAdapter), grpcAdmin,
-		"-listen", "127.0.0.1:0", "-admin-listen", "127.0.0.1:0",
-		"-backend", "local", "-state-dir", filepath.Join(s.opts.Dir, "kms")); err != nil {
-		return err
+	kmsArgs := []string{"-listen", "127.0.0.1:0", "-admin-listen", "127.0.0.1:0",
+		"-backend", "local", "-state-dir", filepath.Join(s.opts.Dir, "kms")}
+	if s.opts.ExternalNATS {
+		if err := s.add(ctx, NATS, NATS, id(servicetls.NATS), []string{"nats"},
+			"-listen", "127.0.0.1:0", "-store-dir", filepath.Join(s.opts.Dir, "nats")); err != nil {
+			return err
+		}
+		s.nats = []string{"-nats-url", "tls://" + s.procs[NATS].Addr("nats"), "-nats-server-id", id(servicetls.NATS).String()}
+		if err := s.add(ctx, KMSAdapter, KMSAdapter, id(servicetls.KMSAdapter), grpcAdmin, append(kmsArgs, s.nats...)...); err != nil {
+			return err
+		}
+	} else {
+		if err := s.add(ctx, KMSAdapter, KMSAdapter, id(servicetls.KMSAdapter), append(grpcAdmin, "nats"),
+			append(kmsArgs, "-nats-listen", "127.0.0.1:0", "-nats-store-dir", filepath.Join(s.opts.Dir, "nats"))...); err != nil {
+			return err
+		}
+		s.nats = []string{"-nats-url", "tls://" + s.procs[KMSAdapter].Addr("nats")}
 	}
 	if err := s.add(ctx, MCPSync, MCPSync, id(servicetls.MCPSync), grpcAdmin,
 		"-listen", "127.0.0.1:0", "-admin-listen", "127.0.0.1:0",
@@ -127,7 +145,7 @@ func (s *Stack) startAll(ctx context.Context) error {
 	}
 	if err := s.add(ctx, Citadel, Citadel, id(servicetls.Citadel), grpcAdmin,
 		append([]string{"-listen", "127.0.0.1:0", "-admin-listen", "127.0.0.1:0",
-			"-kms-addr", s.Addr(KMSAdapter), "-mcp-addr", s.Addr(MCPSync)}, s.tokenFlags()...)...); err != nil {
+			"-kms-addr", s.Addr(KMSAdapter), "-mcp-addr", s.Addr(MCPSync)}, append(s.tokenFlags(), s.nats...)...)...); err != nil {
 		return err
 	}
 	for _, node := range s.opts.Nodes {
@@ -145,7 +163,9 @@ func (s *Stack) addAgent(ctx context.Context, node string) error {
 	}
 	return s.add(ctx, agentName(node), NodeAgent, nodeID, []string{"sds", "admin"},
 		append([]string{"-node-name", node, "-socket", s.Socket(node), "-admin-listen", "127.0.0.1:0",
-			"-citadel-addr", s.Addr(Citadel), "-mcp-addr", s.Addr(MCPSync)}, s.tokenFlags()...)...)
+			"-citadel-addr", s.Addr(Citadel), "-mcp-addr", s.Addr(MCPSync),
+			// Seconds, not the production minutes: a demo or a test watches a rotation happen.
+			"-rotate-jitter", "2s"}, append(s.tokenFlags(), s.nats...)...)...)
 }
 
 func (s *Stack) tokenFlags() []string {
@@ -184,9 +204,15 @@ func (s *Stack) Resume(ctx context.Context, name string) error {
 	for i := 0; i+1 < len(args); i++ {
 		switch args[i] {
 		case "-listen":
-			args[i+1], want = p.Addr("grpc"), append(want, "grpc")
+			name := "grpc"
+			if p.Addr(name) == "" {
+				name = "nats" // natsd
+			}
+			args[i+1], want = p.Addr(name), append(want, name)
 		case "-admin-listen":
 			args[i+1], want = p.Addr("admin"), append(want, "admin")
+		case "-nats-listen":
+			args[i+1], want = p.Addr("nats"), append(want, "nats")
 		case "-socket":
 			want = append(want, "sds")
 		}
