@@ -59,14 +59,25 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var last uint64 // stream sequence of the last message handled
+	var (
+		last  uint64 // stream sequence of the last message handled (or of the stream's end at start)
+		known bool   // last has been set
+	)
 	retry := backoff{min: 200 * time.Millisecond, max: 10 * time.Second}
 	for ctx.Err() == nil {
-		cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverNewPolicy, InactiveThreshold: time.Minute}
-		if last > 0 {
-			cfg.DeliverPolicy, cfg.OptStartSeq = jetstream.DeliverByStartSequencePolicy, last+1
+		var err error
+		if !known {
+			// Start after the stream's current end, by sequence rather than "deliver new": a
+			// consumer recreated after a NATS restart then resumes from there, instead of
+			// skipping what was published while it was away.
+			last, err = streamEnd(ctx, js)
+			known = err == nil
 		}
-		err := s.follow(ctx, js, cfg, &last, &retry)
+		if known {
+			cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1,
+				InactiveThreshold: time.Minute}
+			err = s.follow(ctx, js, cfg, &last, &retry)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -79,6 +90,16 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	return nil
 }
 
+func streamEnd(ctx context.Context, js jetstream.JetStream) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, Stream)
+	if err != nil {
+		return 0, err
+	}
+	return st.CachedInfo().State.LastSeq, nil
+}
+
 func (s *Subscriber) follow(ctx context.Context, js jetstream.JetStream, cfg jetstream.OrderedConsumerConfig, last *uint64, retry *backoff) error {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	cons, err := js.OrderedConsumer(cctx, Stream, cfg)
@@ -86,7 +107,9 @@ func (s *Subscriber) follow(ctx context.Context, js jetstream.JetStream, cfg jet
 	if err != nil {
 		return err
 	}
-	it, err := cons.Messages()
+	// A short pull expiry makes the heartbeats frequent, so a NATS restart is noticed (and the
+	// consumer recreated where it left off) within seconds.
+	it, err := cons.Messages(jetstream.PullExpiry(5 * time.Second))
 	if err != nil {
 		return err
 	}

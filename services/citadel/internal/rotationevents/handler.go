@@ -37,7 +37,7 @@ type Handler struct {
 
 // bundleAttempts bounds refetches for one event: the version an event names is not trusted, so a
 // forged one can cause at most this many fetches.
-const bundleAttempts = 5
+const bundleAttempts = 8
 
 // Handle implements the events.SubscriberConfig Handle contract.
 func (h *Handler) Handle(ctx context.Context, e *eventsv1.Event) {
@@ -90,6 +90,6 @@ func (h *Handler) refresh(ctx context.Context, want uint64) {
 			return
 		case <-t.C:
 		}
-		delay *= 2
+		delay = min(2*delay, 5*time.Second)
 	}
 }

@@ -41,7 +41,10 @@ func (m *Manager) BundleVersion() uint64 {
 // least want or the attempts are spent.
 func (m *Manager) RefreshBundle(ctx context.Context, kind string, want uint64, retryDelay time.Duration) error {
 	c := &cause{kind: kind, at: m.cfg.Clock.Now()}
-	const attempts = 5
+	const (
+		attempts = 8
+		maxDelay = 5 * time.Second
+	)
 	var err error
 	for attempt := 1; ; attempt++ {
 		if _, err = m.refreshBundle(ctx); err == nil && m.BundleVersion() >= want {
@@ -58,7 +61,7 @@ func (m *Manager) RefreshBundle(ctx context.Context, kind string, want uint64, r
 			return ctx.Err()
 		case <-t.C():
 		}
-		retryDelay *= 2
+		retryDelay = min(2*retryDelay, maxDelay)
 	}
 }
 

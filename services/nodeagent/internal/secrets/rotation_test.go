@@ -152,13 +152,13 @@ func TestRefreshBundleWaitsForTheAnnouncedVersionButNotForever(t *testing.T) {
 	// A forged event announcing a version that never comes costs a bounded number of fetches.
 	before := ca.bundles()
 	go func() { done <- m.RefreshBundle(context.Background(), "trust_bundle_changed", 99, time.Second) }()
-	for range 4 {
+	for range 7 {
 		eventually(t, "a retry timer", func() bool { return clk.HasWaiters() })
 		clk.Step(time.Minute)
 	}
 	<-done
-	if n := ca.bundles() - before; n != 5 {
-		t.Fatalf("a forged version cost %d fetches, want 5", n)
+	if n := ca.bundles() - before; n != 8 {
+		t.Fatalf("a forged version cost %d fetches, want 8", n)
 	}
 	if m.BundleVersion() != 2 {
 		t.Fatalf("version %d after a forged event, want 2", m.BundleVersion())
