@@ -51,7 +51,7 @@ type Stack struct {
 	ca     *servicetls.BootstrapCA
 	issuer *workloadtoken.Issuer
 	jwks   string
-	nats   []string // flags that point a service at the event bus
+	nats   []string            // flags that point a service at the event bus
 	procs  map[string]*Process // by name: kms-adapter, mcp-sync, citadel, nodeagent-<node>
 	order  []string
 }

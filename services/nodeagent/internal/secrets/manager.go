@@ -81,9 +81,9 @@ type Config struct {
 	// Rotations, if set, is told how rotation events are applied.
 	Rotations RotationObserver
 	TTL       time.Duration // requested certificate lifetime
-	KeyType KeyType
-	Jitter  float64       // renewal jitter as a fraction of lifetime; 0 means DefaultJitter (config refuses 0)
-	Refresh time.Duration // trust bundle poll interval
+	KeyType   KeyType
+	Jitter    float64       // renewal jitter as a fraction of lifetime; 0 means DefaultJitter (config refuses 0)
+	Refresh   time.Duration // trust bundle poll interval
 	// IssueTimeout bounds one signing attempt, independent of any one caller's context.
 	IssueTimeout time.Duration
 }

@@ -24,7 +24,11 @@ func (r *rotationRecorder) EventApplied(kind string, _ time.Duration) {
 	}
 	r.applied[kind]++
 }
-func (r *rotationRecorder) count(kind string) int { r.mu.Lock(); defer r.mu.Unlock(); return r.applied[kind] }
+func (r *rotationRecorder) count(kind string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.applied[kind]
+}
 
 func issueBoth(t *testing.T, m *Manager) (cart, web *Certificate) {
 	t.Helper()
