@@ -75,16 +75,17 @@ func Present(md *structpb.Struct) bool {
 }
 
 // Verify checks that md proves possession of the key of a certificate that is valid at now,
-// chains to roots and names exactly one SPIFFE ID, over csrDER. It returns that ID.
-func Verify(md *structpb.Struct, csrDER []byte, roots []*x509.Certificate, now time.Time) (spiffeid.ID, error) {
+// chains to roots and names exactly one SPIFFE ID, over csrDER. It returns that ID and the
+// certificate (its NotBefore tells a revoked certificate from a replacement).
+func Verify(md *structpb.Struct, csrDER []byte, roots []*x509.Certificate, now time.Time) (spiffeid.ID, *x509.Certificate, error) {
 	fields := md.GetFields()
 	chain, err := parseChain(fields[ChainKey].GetStringValue())
 	if err != nil {
-		return spiffeid.ID{}, err
+		return spiffeid.ID{}, nil, err
 	}
 	sig, err := base64.StdEncoding.DecodeString(fields[SignatureKey].GetStringValue())
 	if err != nil || len(sig) == 0 {
-		return spiffeid.ID{}, fmt.Errorf("%w: signature is not base64", ErrInvalid)
+		return spiffeid.ID{}, nil, fmt.Errorf("%w: signature is not base64", ErrInvalid)
 	}
 	leaf := chain[0]
 	rootPool, inter := x509.NewCertPool(), x509.NewCertPool()
@@ -96,14 +97,14 @@ func Verify(md *structpb.Struct, csrDER []byte, roots []*x509.Certificate, now t
 	}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: rootPool, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: current certificate: %v", ErrInvalid, err)
+		return spiffeid.ID{}, nil, fmt.Errorf("%w: current certificate: %v", ErrInvalid, err)
 	}
 	if len(leaf.URIs) != 1 {
-		return spiffeid.ID{}, fmt.Errorf("%w: current certificate has %d URI SANs, want 1", ErrInvalid, len(leaf.URIs))
+		return spiffeid.ID{}, nil, fmt.Errorf("%w: current certificate has %d URI SANs, want 1", ErrInvalid, len(leaf.URIs))
 	}
 	id, err := spiffeid.FromURI(leaf.URIs[0])
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("%w: current certificate: %v", ErrInvalid, err)
+		return spiffeid.ID{}, nil, fmt.Errorf("%w: current certificate: %v", ErrInvalid, err)
 	}
 	d := digest(csrDER)
 	ok := false
@@ -114,9 +115,9 @@ func Verify(md *structpb.Struct, csrDER []byte, roots []*x509.Certificate, now t
 		ok = rsa.VerifyPKCS1v15(pub, crypto.SHA256, d, sig) == nil
 	}
 	if !ok {
-		return spiffeid.ID{}, fmt.Errorf("%w: signature does not verify with the current certificate's key", ErrInvalid)
+		return spiffeid.ID{}, nil, fmt.Errorf("%w: signature does not verify with the current certificate's key", ErrInvalid)
 	}
-	return id, nil
+	return id, leaf, nil
 }
 
 func parseChain(text string) ([]*x509.Certificate, error) {

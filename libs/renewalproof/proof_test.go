@@ -59,21 +59,24 @@ const id = "spiffe://cluster.local/ns/shop/sa/cart"
 
 func TestRoundTrip(t *testing.T) {
 	c := newCA(t)
-	leaf, key := c.leaf(t, id, now.Add(time.Hour))
+	current, key := c.leaf(t, id, now.Add(time.Hour))
 	req := csr(t)
-	md, err := New([]*x509.Certificate{leaf, c.cert}, key, req)
+	md, err := New([]*x509.Certificate{current, c.cert}, key, req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !Present(md) {
 		t.Fatal("Present = false for a proof")
 	}
-	got, err := Verify(md, req, []*x509.Certificate{c.cert}, now)
+	got, leaf, err := Verify(md, req, []*x509.Certificate{c.cert}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got.String() != id {
 		t.Fatalf("Verify = %s, want %s", got, id)
+	}
+	if !leaf.Equal(current) {
+		t.Fatal("Verify did not return the proving certificate")
 	}
 }
 
@@ -102,7 +105,7 @@ func TestRefusals(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			if _, err := Verify(tc.md, req, tc.roots, now); !errors.Is(err, ErrInvalid) {
+			if _, _, err := Verify(tc.md, req, tc.roots, now); !errors.Is(err, ErrInvalid) {
 				t.Fatalf("Verify = %v, want ErrInvalid", err)
 			}
 		})

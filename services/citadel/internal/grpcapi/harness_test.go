@@ -65,6 +65,7 @@ type harness struct {
 	kms     *kmstest.Server
 	kmsSrv  *grpc.Server
 	metrics *metrics.Metrics
+	iss     *issuer.Issuer
 	addr    string
 }
 
@@ -122,6 +123,7 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	h.iss = iss
 	srv := NewGRPCServer(citadelID.ServerCredentials(), New(Config{Issuer: iss, Bundles: bundles, Logger: logger}), health.NewServer())
 	h.addr = serve(t, srv)
 	return h

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -72,5 +73,17 @@ func TestRenewalWithoutTokenByProofOfCurrentKey(t *testing.T) {
 		h.setPods()
 		_, err := renew(h.nodeClient("node-a"), proof, csr2)
 		wantCode(t, err, codes.PermissionDenied)
+	})
+	t.Run("by a certificate issued before its identity was revoked", func(t *testing.T) {
+		h.setPods(cartPod)
+		id := spiffeid.RequireFromString(current[0].URIs[0].String())
+		h.iss.Revoke(id, current[0].NotBefore.Add(time.Second))
+		_, err := renew(h.nodeClient("node-a"), proof, csr2)
+		wantCode(t, err, codes.Unauthenticated)
+		// The agent's fallback, its workload token, still works: revocation replaces, it does
+		// not lock the pod out.
+		if _, err := createCert(h.nodeClient("node-a"), h.token(cartWorkload), csr2, 0); err != nil {
+			t.Fatalf("token issuance after revocation: %v", err)
+		}
 	})
 }

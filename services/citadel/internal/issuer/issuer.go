@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -106,8 +107,11 @@ type Issuer struct {
 	cfg    Config
 	limits *nodeLimits
 	cache  *certcache.Cache
-	csrs   *expirycache.Cache[[sha256.Size]byte, *x509.CertificateRequest]
-	flight singleflight.Group
+
+	revokedMu sync.RWMutex
+	revoked   map[spiffeid.ID]time.Time // identity -> its certificates issued before are revoked
+	csrs      *expirycache.Cache[[sha256.Size]byte, *x509.CertificateRequest]
+	flight    singleflight.Group
 }
 
 // New builds an issuer.
@@ -129,10 +133,11 @@ func New(cfg Config) (*Issuer, error) {
 		cfg.SignTimeout = 30 * time.Second
 	}
 	return &Issuer{
-		cfg:    cfg,
-		limits: newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
-		cache:  certcache.New(cfg.CacheSize, cfg.Clock),
-		csrs:   expirycache.New[[sha256.Size]byte, *x509.CertificateRequest](cfg.CacheSize),
+		cfg:     cfg,
+		limits:  newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
+		revoked: map[spiffeid.ID]time.Time{},
+		cache:   certcache.New(cfg.CacheSize, cfg.Clock),
+		csrs:    expirycache.New[[sha256.Size]byte, *x509.CertificateRequest](cfg.CacheSize),
 	}, nil
 }
 

@@ -24,9 +24,15 @@ func (i *Issuer) authorizeRenewal(ctx context.Context, node string, proof *struc
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("%w: trust bundle: %w", ErrKMSUnavailable, err)
 	}
-	id, err := renewalproof.Verify(proof, csr.Raw, roots, i.cfg.Clock.Now())
+	id, current, err := renewalproof.Verify(proof, csr.Raw, roots, i.cfg.Clock.Now())
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	}
+	if before, ok := i.revokedBefore(id); ok && current.NotBefore.Before(before) {
+		// Whoever holds a revoked certificate's key (a leaked key is why one revokes) must not
+		// turn it into a fresh one; the pod's agent renews with its workload token instead.
+		return spiffeid.ID{}, fmt.Errorf("%w: the certificate proving the renewal (serial %x) was revoked; renew with a workload token",
+			ErrUnauthenticated, current.SerialNumber)
 	}
 	ns, sa, ok := workloadOf(id, i.cfg.TrustDomain)
 	if !ok {

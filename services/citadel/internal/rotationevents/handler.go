@@ -18,6 +18,7 @@ import (
 type Cache interface {
 	Forget(id spiffeid.ID) int
 	ForgetAll() int
+	Revoke(id spiffeid.ID, before time.Time) int
 }
 
 // Bundles is the trust bundle source.
@@ -53,7 +54,14 @@ func (h *Handler) Handle(ctx context.Context, e *eventsv1.Event) {
 	case *eventsv1.Event_IdentityRotation:
 		h.forget(k.IdentityRotation.GetSpiffeId(), "identity force-rotated")
 	case *eventsv1.Event_IdentityRevocation:
-		h.forget(k.IdentityRevocation.GetSpiffeId(), "identity revoked")
+		id, err := spiffeid.FromString(k.IdentityRevocation.GetSpiffeId())
+		if err != nil || k.IdentityRevocation.GetRevokedBefore() == nil {
+			h.Logger.Warn("ignoring a revocation without a valid spiffe id and time", "spiffe_id", k.IdentityRevocation.GetSpiffeId())
+			return
+		}
+		n := h.Cache.Revoke(id, k.IdentityRevocation.GetRevokedBefore().AsTime())
+		h.Logger.Info("identity revoked: dropped its cached certificates; renewal proofs by older certificates refused",
+			"spiffe_id", id.String(), "dropped", n)
 	}
 }
 
