@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 		for svc, pkg := range map[string]string{
 			stack.KMSAdapter: "./services/kms-adapter/cmd/kms-adapter", stack.MCPSync: "./services/mcp-sync/cmd/mcp-sync",
 			stack.Citadel: "./services/citadel/cmd/citadel", stack.NodeAgent: "./services/nodeagent/cmd/nodeagent",
-			stack.NATS: "./tools/cmd/natsd",
+			stack.NATS: "./tools/cmd/natsd", "portcullisctl": "./tools/cmd/portcullisctl",
 		} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, svc), pkg)
 			cmd.Dir = ".."

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"os"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/portcullis-mesh/portcullis/libs/sdsclient"
+	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
 	"github.com/portcullis-mesh/portcullis/tools/stack"
 )
 
@@ -61,7 +63,7 @@ func run(ctx context.Context, bin, manifests, dir, clientKey, serverKey string, 
 	}()
 	fmt.Print(s.Describe())
 
-	var svids []*stack.SVID
+	var sidecars []*stack.Sidecar
 	for _, key := range []string{clientKey, serverKey} {
 		pod, err := stack.FindPod(pods, key)
 		if err != nil {
@@ -71,24 +73,82 @@ func run(ctx context.Context, bin, manifests, dir, clientKey, serverKey string, 
 		if err != nil {
 			return err
 		}
-		svid, err := stack.FetchSVID(ctx, s.Socket(pod.Node), sdsclient.Credential{Token: token}, "sidecar~"+pod.Key())
+		// Held open like Envoy's: the rotation below is pushed on these streams.
+		sc, err := stack.OpenSidecar(ctx, s.Socket(pod.Node), sdsclient.Credential{Token: token}, "sidecar~"+pod.Key())
 		if err != nil {
 			return fmt.Errorf("sds for %s: %w", key, err)
 		}
+		defer sc.Close()
+		svid := sc.Current()
 		fmt.Printf("\n%s on %s got over SDS (%s):\n  spiffe id  %s\n  serial     %s\n  expires    %s\n  roots      %d\n",
 			key, pod.Node, s.Socket(pod.Node), svid.ID, svid.Leaf().SerialNumber.Text(16),
 			svid.Leaf().NotAfter.UTC().Format(time.RFC3339), len(svid.Roots))
-		svids = append(svids, svid)
+		sidecars = append(sidecars, sc)
 	}
-	conn, err := stack.Handshake(ctx, svids[0], svids[1])
+	conn, err := stack.Handshake(ctx, sidecars[0].Current(), sidecars[1].Current())
 	if err != nil {
 		return err
 	}
-	fmt.Printf("\nmTLS handshake OK: %s -> %s (%s)\n", svids[0].ID, svids[1].ID, conn)
+	fmt.Printf("\nmTLS handshake OK: %s -> %s (%s)\n", sidecars[0].Current().ID, sidecars[1].Current().ID, conn)
+	if err := rotateRoot(ctx, s, sidecars); err != nil {
+		return err
+	}
+	files, err := s.AdminFiles()
+	if err != nil {
+		return err
+	}
+	fmt.Printf("\noperator CLI: %s/portcullisctl -kms-addr %s -tls-cert %s -tls-key %s -tls-ca %s status\n",
+		bin, s.Addr(stack.KMSAdapter), files.CertFile, files.KeyFile, files.CAFile)
 	if once {
 		return nil
 	}
 	fmt.Println("\nthe stack is running; press Ctrl-C to stop")
 	<-ctx.Done()
+	return nil
+}
+
+// rotateRoot prepares and activates a new root through the admin API and shows the open SDS
+// streams receiving it (NATS event → agent → push), then handshakes again.
+func rotateRoot(ctx context.Context, s *stack.Stack, sidecars []*stack.Sidecar) error {
+	admin, conn, err := s.Admin()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	fmt.Println("\nrotating the root CA (prepare, then activate) while the SDS streams stay open")
+	start := time.Now()
+	st, err := admin.RotateCA(ctx, &kmsv1.RotateCARequest{Step: kmsv1.RotationStep_ROTATION_STEP_PREPARE})
+	if err != nil {
+		return err
+	}
+	newRoot, err := x509.ParseCertificate(st.GetNext().GetRoot())
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, sc := range sidecars {
+		if _, err := sc.WaitFor(wctx, func(v *stack.SVID) bool { return v.Trusts(newRoot) }); err != nil {
+			return err
+		}
+	}
+	fmt.Printf("  new root pushed to both workloads' ROOTCA after %s (bundle version %d)\n", time.Since(start).Round(time.Millisecond), st.GetBundleVersion())
+	start = time.Now()
+	if _, err := admin.RotateCA(ctx, &kmsv1.RotateCARequest{Step: kmsv1.RotationStep_ROTATION_STEP_ACTIVATE}); err != nil {
+		return err
+	}
+	for _, sc := range sidecars {
+		v, err := sc.WaitFor(wctx, func(v *stack.SVID) bool { return v.ChainsTo(newRoot) })
+		if err != nil {
+			return err
+		}
+		fmt.Printf("  %s re-issued under the new root: serial %s\n", v.ID, v.Leaf().SerialNumber.Text(16))
+	}
+	fmt.Printf("  both moved after %s (re-issues spread over the agents' -rotate-jitter)\n", time.Since(start).Round(time.Millisecond))
+	conn2, err := stack.Handshake(ctx, sidecars[0].Current(), sidecars[1].Current())
+	if err != nil {
+		return err
+	}
+	fmt.Printf("mTLS handshake OK after the rotation (%s)\n", conn2)
 	return nil
 }

@@ -43,7 +43,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.StateDir, "state-dir", "./var/lib/portcullis/kms", "local backend: directory of the CA keys and certificates (kept 0700)")
 	fs.DurationVar(&c.DefaultTTL, "default-ttl", 24*time.Hour, "workload certificate lifetime when the request asks for none")
 	fs.DurationVar(&c.MaxTTL, "max-ttl", 2160*time.Hour, "longest workload certificate lifetime; longer requests are clamped")
-	fs.DurationVar(&c.RootTTL, "root-ttl", 8760*time.Hour, "local backend: validity of a newly created root CA (the intermediate gets half)")
+	fs.DurationVar(&c.RootTTL, "root-ttl", 8760*time.Hour, "local backend: validity of a newly created root CA and its intermediate; the next CA is prepared at half of it and takes over at five sixths")
 	c.TLS.RegisterFlags(fs)
 	c.NATS.RegisterFlags(fs)
 	fs.BoolVar(&c.NATSEmbedded, "nats-embedded", true, "without -nats-url, run an embedded NATS server with JetStream for rotation events")
