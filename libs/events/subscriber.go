@@ -9,9 +9,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/utils/clock"
 
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	eventsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/events/v1"
 )
 
@@ -143,4 +145,33 @@ func (s *Subscriber) follow(ctx context.Context, js jetstream.JetStream, cfg jet
 		s.cfg.Received(Kind(e), nil)
 		s.cfg.Handle(ctx, e)
 	}
+}
+
+// FollowConfig is what a service needs to follow the events with its own identity.
+type FollowConfig struct {
+	Conn       ConnConfig
+	Identity   *servicetls.Identity
+	Name       string // the NATS connection name, for the server's logs
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Handle     func(ctx context.Context, e *eventsv1.Event)
+}
+
+// Follow connects to NATS and returns a Run that follows the stream until ctx ends, then closes
+// the connection. Received events are counted on Registerer (MetricReceived).
+func Follow(cfg FollowConfig) (run func(ctx context.Context) error, err error) {
+	received, err := ReceivedCounter(cfg.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := Connect(cfg.Conn, cfg.Identity, cfg.Name, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	sub := NewSubscriber(SubscriberConfig{Conn: nc, TrustDomain: cfg.Identity.TrustDomain(), Logger: cfg.Logger,
+		Handle: cfg.Handle, Received: received})
+	return func(ctx context.Context) error {
+		defer nc.Close()
+		return sub.Run(ctx)
+	}, nil
 }

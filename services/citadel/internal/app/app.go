@@ -159,22 +159,13 @@ func (a *App) Run(ctx context.Context) error {
 
 // followEvents acts on kms-adapter's rotation events (see rotationevents).
 func (a *App) followEvents(ctx context.Context, g *errgroup.Group) error {
-	nc, err := events.Connect(a.cfg.NATS, a.id, "citadel", a.logger)
-	if err != nil {
-		return err
-	}
-	received, err := events.ReceivedCounter(a.reg)
-	if err != nil {
-		nc.Close()
-		return err
-	}
 	h := &rotationevents.Handler{Cache: a.issuer, Bundles: a.bundles, Logger: a.logger}
-	sub := events.NewSubscriber(events.SubscriberConfig{Conn: nc, TrustDomain: a.id.TrustDomain(), Logger: a.logger,
-		Handle: h.Handle, Received: received})
-	g.Go(func() error {
-		defer nc.Close()
-		return sub.Run(ctx)
-	})
+	run, err := events.Follow(events.FollowConfig{Conn: a.cfg.NATS, Identity: a.id, Name: "citadel", Logger: a.logger,
+		Registerer: a.reg, Handle: h.Handle})
+	if err != nil {
+		return err
+	}
+	g.Go(func() error { return run(ctx) })
 	return nil
 }
 
