@@ -23,6 +23,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/kmsmetrics"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/local"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/vault"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/logkey"
 )
 
@@ -36,6 +37,7 @@ type App struct {
 	identity *servicetls.Identity
 	registry *prometheus.Registry
 	backend  kms.Backend
+	runner   kms.Runner // the backend's background work, if it has any (vault)
 	api      *grpcapi.Server
 }
 
@@ -51,6 +53,11 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 		kms.BackendLocal: func(context.Context) (kms.Backend, error) {
 			return local.New(local.Config{StateDir: cfg.StateDir, TrustDomain: td, DefaultTTL: cfg.DefaultTTL,
 				MaxTTL: cfg.MaxTTL, RootTTL: cfg.RootTTL, Clock: clk, Logger: logger})
+		},
+		kms.BackendVault: func(ctx context.Context) (kms.Backend, error) {
+			vc := cfg.VaultBackend()
+			vc.TrustDomain, vc.Clock, vc.Logger = td, clk, logger
+			return vault.New(ctx, vc)
 		},
 	}
 	backend, err := backends.Open(ctx, cfg.Backend)
@@ -76,6 +83,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 		identity: identity,
 		registry: registry,
 		backend:  instrumented,
+		runner:   runnerOf(backend),
 		api:      grpcapi.New(grpcapi.Config{Backend: instrumented, Logger: logger}),
 	}, nil
 }
@@ -93,12 +101,20 @@ func (a *App) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.registry, Ready: a.ready, Logger: a.logger}.Run(ctx)
 	})
+	if a.runner != nil {
+		g.Go(func() error { return a.runner.Run(ctx) })
+	}
 	g.Go(func() error {
 		<-ctx.Done()
 		hs.Shutdown() // report NOT_SERVING while in-flight calls drain
 		return nil
 	})
 	return g.Wait()
+}
+
+func runnerOf(b kms.Backend) kms.Runner {
+	r, _ := b.(kms.Runner)
+	return r
 }
 
 // ready reports whether the backend can answer; for Vault this is where an outage shows.

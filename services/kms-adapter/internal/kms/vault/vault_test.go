@@ -1,0 +1,303 @@
+package vault_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/kmstest"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/vault"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/vault/vaulttest"
+)
+
+var (
+	td  = spiffeid.RequireTrustDomainFromString("cluster.local")
+	id  = spiffeid.RequireFromPath(td, "/ns/default/sa/web")
+	pki = vaulttest.PKI{Mount: "pki", Role: "workload", TrustDomain: td}
+)
+
+func config(srv *vaulttest.Server, mode vault.Mode, auth vault.Auth) vault.Config {
+	return vault.Config{
+		Address: srv.Addr, Mount: pki.Mount, Role: pki.Role, Mode: mode, Auth: auth, TrustDomain: td,
+		DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour, IntermediateTTL: 8760 * time.Hour,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+}
+
+func tokenAuth(t *testing.T, srv *vaulttest.Server) vault.Auth {
+	return vault.Auth{Method: vault.AuthToken, TokenFile: vaulttest.WriteFile(t, "token", srv.RootToken)}
+}
+
+func appRoleAuth(t *testing.T, srv *vaulttest.Server, tokenTTL time.Duration) vault.Auth {
+	roleID, secretID := srv.AppRole(pki, "kms-adapter", tokenTTL)
+	return vault.Auth{Method: vault.AuthAppRole, RoleID: roleID, SecretFile: vaulttest.WriteFile(t, "secret-id", secretID)}
+}
+
+func open(t *testing.T, cfg vault.Config) *vault.Backend {
+	t.Helper()
+	b, err := vault.New(t.Context(), cfg)
+	if err != nil {
+		t.Fatalf("vault.New: %v", err)
+	}
+	return b
+}
+
+// run runs the backend's background work until the test ends.
+func run(t *testing.T, b *vault.Backend) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+func signOnce(ctx context.Context, t *testing.T, b kms.Backend) error {
+	_, err := b.Sign(ctx, kms.SignRequest{CSR: kmstest.CSR(t, kmstest.CSRDER(t, kmstest.NewKey(t))), ID: id, TTL: time.Hour})
+	return err
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: still failing after 30s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func wantErr(t *testing.T, err error, target error, parts ...string) {
+	t.Helper()
+	if !errors.Is(err, target) {
+		t.Fatalf("err = %v, want %v", err, target)
+	}
+	for _, p := range parts {
+		if !strings.Contains(err.Error(), p) {
+			t.Errorf("err %q does not mention %q", err, p)
+		}
+	}
+}
+
+func TestConformance(t *testing.T) {
+	srv := vaulttest.Start(t, vaulttest.Options{})
+	srv.ConfigurePKI(pki)
+	auth := appRoleAuth(t, srv, time.Hour)
+	for _, mode := range []vault.Mode{vault.ModeLeaf, vault.ModeIntermediate} {
+		t.Run(string(mode), func(t *testing.T) {
+			kmstest.Run(t, func(t *testing.T) kms.Backend {
+				b := open(t, config(srv, mode, auth))
+				run(t, b)
+				return b
+			}, td)
+		})
+	}
+}
+
+func TestAppRoleWrongSecretIDIsRefused(t *testing.T) {
+	srv := vaulttest.Start(t, vaulttest.Options{})
+	srv.ConfigurePKI(pki)
+	auth := appRoleAuth(t, srv, time.Hour)
+	auth.SecretFile = vaulttest.WriteFile(t, "wrong-secret-id", "00000000-0000-0000-0000-000000000000")
+	_, err := vault.New(t.Context(), config(srv, vault.ModeLeaf, auth))
+	wantErr(t, err, kms.ErrUnavailable, "approle login refused", "auth/approle/login", "status 400", "invalid")
+	if strings.Contains(err.Error(), "00000000-0000") {
+		t.Errorf("error leaks the secret id: %v", err)
+	}
+}
+
+func TestVaultErrorsNamePathAndStatus(t *testing.T) {
+	srv := vaulttest.Start(t, vaulttest.Options{})
+	srv.ConfigurePKI(pki)
+
+	t.Run("RoleMissing", func(t *testing.T) {
+		cfg := config(srv, vault.ModeLeaf, tokenAuth(t, srv))
+		cfg.Role = "no-such-role"
+		err := signOnce(t.Context(), t, open(t, cfg))
+		wantErr(t, err, kms.ErrUnavailable, "pki/sign/no-such-role", "status 400", "pki role missing")
+	})
+	t.Run("PermissionDenied", func(t *testing.T) {
+		token, err := srv.Client().Auth().Token().CreateWithContext(t.Context(), &api.TokenCreateRequest{Policies: []string{"default"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := config(srv, vault.ModeLeaf, vault.Auth{Method: vault.AuthToken, TokenFile: vaulttest.WriteFile(t, "token", token.Auth.ClientToken)})
+		_, err = vault.New(t.Context(), cfg)
+		wantErr(t, err, kms.ErrUnavailable, "pki/issuers", "status 403", "permission denied")
+	})
+	t.Run("MountMissing", func(t *testing.T) {
+		cfg := config(srv, vault.ModeLeaf, tokenAuth(t, srv))
+		cfg.Mount = "no-such-pki"
+		_, err := vault.New(t.Context(), cfg)
+		wantErr(t, err, kms.ErrUnavailable, "no-such-pki/issuers")
+	})
+	t.Run("Unreachable", func(t *testing.T) {
+		cfg := config(srv, vault.ModeLeaf, tokenAuth(t, srv))
+		cfg.Address = "http://127.0.0.1:1"
+		_, err := vault.New(t.Context(), cfg)
+		wantErr(t, err, kms.ErrUnavailable, "unreachable", "auth/token/lookup-self")
+	})
+}
+
+func TestSealedThenUnsealed(t *testing.T) {
+	srv := vaulttest.Start(t, vaulttest.Options{})
+	srv.ConfigurePKI(pki)
+	auth := appRoleAuth(t, srv, time.Hour)
+	leaf := open(t, config(srv, vault.ModeLeaf, auth))
+	run(t, leaf)
+	inter := open(t, config(srv, vault.ModeIntermediate, auth))
+	run(t, inter)
+	if err := signOnce(t.Context(), t, leaf); err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Seal()
+	wantErr(t, signOnce(t.Context(), t, leaf), kms.ErrUnavailable, "pki/sign/workload", "status 503", "sealed")
+	eventually(t, "leaf-mode trust bundle fails while sealed", func() error {
+		if _, err := leaf.TrustBundle(t.Context()); !errors.Is(err, kms.ErrUnavailable) {
+			return errors.New("trust bundle still answers")
+		}
+		return nil
+	})
+	// The intermediate signs without Vault, and its roots have not changed.
+	if err := signOnce(t.Context(), t, inter); err != nil {
+		t.Errorf("intermediate mode while sealed: %v", err)
+	}
+	if _, err := inter.TrustBundle(t.Context()); err != nil {
+		t.Errorf("intermediate-mode trust bundle while sealed: %v", err)
+	}
+
+	srv.Unseal()
+	eventually(t, "signing after unseal", func() error { return signOnce(t.Context(), t, leaf) })
+	eventually(t, "trust bundle after unseal", func() error { _, err := leaf.TrustBundle(t.Context()); return err })
+}
+
+func TestStoppedThenRestarted(t *testing.T) {
+	srv := vaulttest.Start(t, vaulttest.Options{Persistent: true})
+	srv.ConfigurePKI(pki)
+	b := open(t, config(srv, vault.ModeLeaf, appRoleAuth(t, srv, time.Hour)))
+	run(t, b)
+	before, err := b.TrustBundle(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	srv.Stop()
+	wantErr(t, signOnce(t.Context(), t, b), kms.ErrUnavailable, "pki/sign/workload", "unreachable")
+
+	srv.Restart()
+	eventually(t, "signing after restart", func() error { return signOnce(t.Context(), t, b) })
+	after, err := b.TrustBundle(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.Roots) != 1 || !after.Roots[0].Equal(before.Roots[0]) {
+		t.Error("the root changed across a restart of a persistent vault")
+	}
+}
+
+func TestTokenRenewedThenReplacedByLogin(t *testing.T) {
+	srv := vaulttest.Start(t, vaulttest.Options{})
+	srv.ConfigurePKI(pki)
+	// token_ttl 2s, token_max_ttl 8s: renewed twice or so, then a new login.
+	b := open(t, config(srv, vault.ModeLeaf, appRoleAuth(t, srv, 2*time.Second)))
+	first := b.Token()
+	run(t, b)
+	eventually(t, "a new token from a re-login", func() error {
+		if b.Token() == first {
+			return errors.New("same token")
+		}
+		return nil
+	})
+	if err := signOnce(t.Context(), t, b); err != nil {
+		t.Fatalf("signing with the new token: %v", err)
+	}
+	// The old token reached its max TTL: signing works only because of the new login.
+	if _, err := srv.Client().Auth().Token().LookupWithContext(t.Context(), first); err == nil {
+		eventually(t, "the first token expires", func() error {
+			if _, err := srv.Client().Auth().Token().LookupWithContext(t.Context(), first); err == nil {
+				return errors.New("still valid")
+			}
+			return nil
+		})
+	}
+}
+
+func TestRootRotationShowsBothRoots(t *testing.T) {
+	srv := vaulttest.Start(t, vaulttest.Options{})
+	srv.ConfigurePKI(pki)
+	changed := make(chan kms.Bundle, 10)
+	cfg := config(srv, vault.ModeLeaf, tokenAuth(t, srv))
+	cfg.BundleRefresh = 50 * time.Millisecond
+	cfg.OnBundleChange = func(b kms.Bundle) { changed <- b }
+	b := open(t, cfg)
+	run(t, b)
+
+	srv.AddRoot(pki.Mount, "root-2")
+	select {
+	case bundle := <-changed:
+		if len(bundle.Roots) != 2 {
+			t.Fatalf("bundle after rotation has %d roots, want the old and the new", len(bundle.Roots))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("OnBundleChange not called after a new root issuer was added")
+	}
+	// Leaves now come from the new default issuer and verify against the two-root bundle.
+	chain, err := b.Sign(t.Context(), kms.SignRequest{CSR: kmstest.CSR(t, kmstest.CSRDER(t, kmstest.NewKey(t))), ID: id, TTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := chain[len(chain)-1].Subject.CommonName; got != "Portcullis test root root-2" {
+		t.Errorf("leaf chains to %q, want the new default root", got)
+	}
+}
+
+func TestIntermediateRenewedAtHalfLife(t *testing.T) {
+	srv := vaulttest.Start(t, vaulttest.Options{})
+	srv.ConfigurePKI(pki)
+	clk := clocktesting.NewFakeClock(time.Now())
+	cfg := config(srv, vault.ModeIntermediate, tokenAuth(t, srv))
+	cfg.Clock = clk
+	b := open(t, cfg)
+	first := b.IntermediateSerial()
+	run(t, b)
+	eventually(t, "renewal timer armed", func() error {
+		if !clk.HasWaiters() {
+			return errors.New("no timer")
+		}
+		return nil
+	})
+	clk.Step(cfg.IntermediateTTL/2 - time.Hour)
+	if b.IntermediateSerial() != first {
+		t.Fatal("intermediate renewed before half its life")
+	}
+	clk.Step(2 * time.Hour)
+	eventually(t, "intermediate renewed", func() error {
+		if b.IntermediateSerial() == first {
+			return errors.New("same intermediate")
+		}
+		return nil
+	})
+	if err := signOnce(t.Context(), t, b); err != nil {
+		t.Fatal(err)
+	}
+}
+
