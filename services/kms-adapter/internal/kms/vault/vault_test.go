@@ -16,7 +16,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/kmstest"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/vault"
-	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/vault/vaulttest"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/vaulttest"
 )
 
 var (

@@ -1,4 +1,4 @@
-// Package vaulttest runs a real HashiCorp Vault server for tests: the binary that
+// Package vaulttest runs a real HashiCorp Vault server for tests (kms-adapter's and e2e's): the binary that
 // `go tool task vault:build` builds from tools/vaultserver, started on ephemeral loopback ports,
 // initialised and unsealed through its API, and stopped in t.Cleanup.
 //

@@ -1,6 +1,8 @@
 package vaulttest
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"strings"
 	"time"
@@ -113,3 +115,22 @@ func (s *Server) write(path string, data map[string]any) *api.Secret {
 }
 
 func dur(d time.Duration) string { return fmt.Sprintf("%ds", int64(d/time.Second)) }
+
+// Root returns the certificate of the mount's default issuer (a root made by AddRoot).
+func (s *Server) Root(mount string) *x509.Certificate {
+	s.t.Helper()
+	secret, err := s.Client().Logical().ReadWithContext(s.t.Context(), mount+"/issuer/default/json")
+	if err != nil || secret == nil {
+		s.t.Fatalf("reading %s default issuer: %v", mount, err)
+	}
+	pemText, _ := secret.Data["certificate"].(string)
+	block, _ := pem.Decode([]byte(pemText))
+	if block == nil {
+		s.t.Fatalf("%s default issuer: no PEM certificate", mount)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return cert
+}
