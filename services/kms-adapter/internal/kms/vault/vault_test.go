@@ -25,7 +25,7 @@ var (
 	pki = vaulttest.PKI{Mount: "pki", Role: "workload", TrustDomain: td}
 )
 
-func config(srv *vaulttest.Server, mode vault.Mode, auth vault.Auth) vault.Config {
+func backendConfig(srv *vaulttest.Server, mode vault.Mode, auth vault.Auth) vault.Config {
 	return vault.Config{
 		Address: srv.Addr, Mount: pki.Mount, Role: pki.Role, Mode: mode, Auth: auth, TrustDomain: td,
 		DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour, IntermediateTTL: 8760 * time.Hour,
@@ -104,7 +104,7 @@ func TestConformance(t *testing.T) {
 	for _, mode := range []vault.Mode{vault.ModeLeaf, vault.ModeIntermediate} {
 		t.Run(string(mode), func(t *testing.T) {
 			kmstest.Run(t, func(t *testing.T) kms.Backend {
-				b := open(t, config(srv, mode, auth))
+				b := open(t, backendConfig(srv, mode, auth))
 				run(t, b)
 				return b
 			}, td)
@@ -117,7 +117,7 @@ func TestAppRoleWrongSecretIDIsRefused(t *testing.T) {
 	srv.ConfigurePKI(pki)
 	auth := appRoleAuth(t, srv, time.Hour)
 	auth.SecretFile = vaulttest.WriteFile(t, "wrong-secret-id", "00000000-0000-0000-0000-000000000000")
-	_, err := vault.New(t.Context(), config(srv, vault.ModeLeaf, auth))
+	_, err := vault.New(t.Context(), backendConfig(srv, vault.ModeLeaf, auth))
 	wantErr(t, err, kms.ErrUnavailable, "approle login refused", "auth/approle/login", "status 400", "invalid")
 	if strings.Contains(err.Error(), "00000000-0000") {
 		t.Errorf("error leaks the secret id: %v", err)
@@ -129,7 +129,7 @@ func TestVaultErrorsNamePathAndStatus(t *testing.T) {
 	srv.ConfigurePKI(pki)
 
 	t.Run("RoleMissing", func(t *testing.T) {
-		cfg := config(srv, vault.ModeLeaf, tokenAuth(t, srv))
+		cfg := backendConfig(srv, vault.ModeLeaf, tokenAuth(t, srv))
 		cfg.Role = "no-such-role"
 		err := signOnce(t.Context(), t, open(t, cfg))
 		wantErr(t, err, kms.ErrUnavailable, "pki/sign/no-such-role", "status 400", "pki role missing")
@@ -139,18 +139,18 @@ func TestVaultErrorsNamePathAndStatus(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		cfg := config(srv, vault.ModeLeaf, vault.Auth{Method: vault.AuthToken, TokenFile: vaulttest.WriteFile(t, "token", token.Auth.ClientToken)})
+		cfg := backendConfig(srv, vault.ModeLeaf, vault.Auth{Method: vault.AuthToken, TokenFile: vaulttest.WriteFile(t, "token", token.Auth.ClientToken)})
 		_, err = vault.New(t.Context(), cfg)
 		wantErr(t, err, kms.ErrUnavailable, "pki/issuers", "status 403", "permission denied")
 	})
 	t.Run("MountMissing", func(t *testing.T) {
-		cfg := config(srv, vault.ModeLeaf, tokenAuth(t, srv))
+		cfg := backendConfig(srv, vault.ModeLeaf, tokenAuth(t, srv))
 		cfg.Mount = "no-such-pki"
 		_, err := vault.New(t.Context(), cfg)
 		wantErr(t, err, kms.ErrUnavailable, "no-such-pki/issuers")
 	})
 	t.Run("Unreachable", func(t *testing.T) {
-		cfg := config(srv, vault.ModeLeaf, tokenAuth(t, srv))
+		cfg := backendConfig(srv, vault.ModeLeaf, tokenAuth(t, srv))
 		cfg.Address = "http://127.0.0.1:1"
 		_, err := vault.New(t.Context(), cfg)
 		wantErr(t, err, kms.ErrUnavailable, "unreachable", "auth/token/lookup-self")
@@ -161,9 +161,9 @@ func TestSealedThenUnsealed(t *testing.T) {
 	srv := vaulttest.Start(t, vaulttest.Options{})
 	srv.ConfigurePKI(pki)
 	auth := appRoleAuth(t, srv, time.Hour)
-	leaf := open(t, config(srv, vault.ModeLeaf, auth))
+	leaf := open(t, backendConfig(srv, vault.ModeLeaf, auth))
 	run(t, leaf)
-	inter := open(t, config(srv, vault.ModeIntermediate, auth))
+	inter := open(t, backendConfig(srv, vault.ModeIntermediate, auth))
 	run(t, inter)
 	if err := signOnce(t.Context(), t, leaf); err != nil {
 		t.Fatal(err)
@@ -193,7 +193,7 @@ func TestSealedThenUnsealed(t *testing.T) {
 func TestStoppedThenRestarted(t *testing.T) {
 	srv := vaulttest.Start(t, vaulttest.Options{Persistent: true})
 	srv.ConfigurePKI(pki)
-	b := open(t, config(srv, vault.ModeLeaf, appRoleAuth(t, srv, time.Hour)))
+	b := open(t, backendConfig(srv, vault.ModeLeaf, appRoleAuth(t, srv, time.Hour)))
 	run(t, b)
 	before, err := b.TrustBundle(t.Context())
 	if err != nil {
@@ -218,7 +218,7 @@ func TestTokenRenewedThenReplacedByLogin(t *testing.T) {
 	srv := vaulttest.Start(t, vaulttest.Options{})
 	srv.ConfigurePKI(pki)
 	// token_ttl 2s, token_max_ttl 8s: renewed twice or so, then a new login.
-	b := open(t, config(srv, vault.ModeLeaf, appRoleAuth(t, srv, 2*time.Second)))
+	b := open(t, backendConfig(srv, vault.ModeLeaf, appRoleAuth(t, srv, 2*time.Second)))
 	first := b.Token()
 	run(t, b)
 	eventually(t, "a new token from a re-login", func() error {
@@ -245,7 +245,7 @@ func TestRootRotationShowsBothRoots(t *testing.T) {
 	srv := vaulttest.Start(t, vaulttest.Options{})
 	srv.ConfigurePKI(pki)
 	changed := make(chan kms.Bundle, 10)
-	cfg := config(srv, vault.ModeLeaf, tokenAuth(t, srv))
+	cfg := backendConfig(srv, vault.ModeLeaf, tokenAuth(t, srv))
 	cfg.BundleRefresh = 50 * time.Millisecond
 	cfg.OnBundleChange = func(b kms.Bundle) { changed <- b }
 	b := open(t, cfg)
@@ -274,7 +274,7 @@ func TestIntermediateRenewedAtHalfLife(t *testing.T) {
 	srv := vaulttest.Start(t, vaulttest.Options{})
 	srv.ConfigurePKI(pki)
 	clk := clocktesting.NewFakeClock(time.Now())
-	cfg := config(srv, vault.ModeIntermediate, tokenAuth(t, srv))
+	cfg := backendConfig(srv, vault.ModeIntermediate, tokenAuth(t, srv))
 	cfg.Clock = clk
 	b := open(t, cfg)
 	first := b.IntermediateSerial()
