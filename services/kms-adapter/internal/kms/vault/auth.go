@@ -19,7 +19,7 @@ const (
 	minBackoff = 200 * time.Millisecond
 	maxBackoff = 30 * time.Second
 	// minReloginInterval stops a policy that denies a path (403 on every call) from turning each
-	// call into a login: a lost lease is retried at most this often.
+	// call into a login: a login forced by a 403 happens at most this often.
 	minReloginInterval = 5 * time.Second
 )
 
@@ -144,28 +144,30 @@ func tokenSecret(token string, self *api.Secret) (*api.Secret, error) {
 
 // Run keeps the token valid until ctx ends. first is the secret of the login done by New.
 func (a *authenticator) Run(ctx context.Context, first *api.Secret) error {
-	secret := first
+	secret, loggedIn := first, a.clock.Now()
 	for {
-		a.hold(ctx, secret)
+		forced := a.hold(ctx, secret)
 		if ctx.Err() != nil {
 			return nil
 		}
-		secret = a.loginWithBackoff(ctx)
-		if secret == nil {
+		// A 403 on every call (a policy that denies a path) must not turn each call into a login.
+		if wait := minReloginInterval - a.clock.Since(loggedIn); forced && wait > 0 {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-a.clock.After(wait):
+			}
+		}
+		if secret = a.loginWithBackoff(ctx); secret == nil {
 			return nil
 		}
-		// Rate-limit re-logins forced by 403s (see minReloginInterval).
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-a.clock.After(minReloginInterval):
-		}
+		loggedIn = a.clock.Now()
 	}
 }
 
-// hold returns when the token needs replacing: renewal ended, a call saw a 403, a non-renewable
-// token reached two thirds of its TTL, or ctx ended.
-func (a *authenticator) hold(ctx context.Context, secret *api.Secret) {
+// hold returns when the token needs replacing: renewal ended, a non-renewable token reached two
+// thirds of its TTL, a call saw a 403 (forced), or ctx ended.
+func (a *authenticator) hold(ctx context.Context, secret *api.Secret) (forced bool) {
 	var expiring <-chan time.Time
 	if secret.Auth.LeaseDuration > 0 {
 		if secret.Auth.Renewable {
@@ -176,13 +178,13 @@ func (a *authenticator) hold(ctx context.Context, secret *api.Secret) {
 				for {
 					select {
 					case <-ctx.Done():
-						return
+						return false
 					case <-a.relogin:
 						a.logger.Warn("vault denied a request; logging in again")
-						return
+						return true
 					case err := <-watcher.DoneCh():
 						a.logger.Info("vault token renewal ended; logging in again", "err", errString(err))
-						return
+						return false
 					case <-watcher.RenewCh():
 						a.logger.Debug("vault token renewed")
 					}
@@ -194,10 +196,13 @@ func (a *authenticator) hold(ctx context.Context, secret *api.Secret) {
 	}
 	select {
 	case <-ctx.Done():
+		return false
 	case <-a.relogin:
 		a.logger.Warn("vault denied a request; logging in again")
+		return true
 	case <-expiring:
 		a.logger.Info("vault token near its end of life; logging in again")
+		return false
 	}
 }
 
