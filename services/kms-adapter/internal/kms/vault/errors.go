@@ -54,7 +54,7 @@ func classify(op, path string, err error) error {
 // isCSRRefusal recognises Vault refusing the CSR itself (key type or size the role does not allow);
 // CheckCSR has already refused what kms refuses, so this is a role stricter than kms.
 func isCSRRefusal(msg string) bool {
-	for _, s := range []string{"csr", "key type", "key bits", "public key"} {
+	for _, s := range []string{"csr", "certificate request", "keys of type", "key type", "key bits", "public key"} {
 		if strings.Contains(strings.ToLower(msg), s) {
 			return true
 		}

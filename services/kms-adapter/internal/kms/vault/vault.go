@@ -34,7 +34,7 @@ const (
 	maxIdleConns = 256
 )
 
-// Backend is the Vault backend. It implements kms.Backend and kms.Runner.
+// Backend is the Vault backend. It implements kms.Backend, kms.SigningChainer and kms.Runner.
 type Backend struct {
 	cfg    Config
 	client *api.Client
@@ -55,8 +55,9 @@ type Backend struct {
 }
 
 var (
-	_ kms.Backend = (*Backend)(nil)
-	_ kms.Runner  = (*Backend)(nil)
+	_ kms.Backend        = (*Backend)(nil)
+	_ kms.Runner         = (*Backend)(nil)
+	_ kms.SigningChainer = (*Backend)(nil)
 )
 
 // New logs in to Vault, reads the issuers and, in intermediate mode, obtains a first intermediate.
@@ -165,6 +166,16 @@ func (b *Backend) Sign(ctx context.Context, req kms.SignRequest) ([]*x509.Certif
 		return b.signLocally(req, ttl)
 	}
 	return b.signWithVault(ctx, req, ttl)
+}
+
+// SigningChain implements kms.SigningChainer: in intermediate mode the Vault-signed intermediate
+// and its issuers; in leaf mode the mount's default issuer and its chain, which signs unless the
+// role names another issuer (the chains Sign returns always name the real one).
+func (b *Backend) SigningChain(ctx context.Context) ([]*x509.Certificate, error) {
+	if b.cfg.Mode == ModeIntermediate {
+		return b.signingChain(), nil
+	}
+	return b.readIssuer(ctx, "default")
 }
 
 // TrustBundle implements kms.Backend. It reads the issuers from Vault at most every
