@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -242,7 +243,7 @@ func (b *Backend) fail(op, path string, err error) error {
 	if isPermission(err) {
 		b.auth.lost()
 	}
-	if b.up.CompareAndSwap(true, false) {
+	if errors.Is(err, kms.ErrUnavailable) && b.up.CompareAndSwap(true, false) {
 		b.logger.Warn("vault unavailable", "err", err)
 	}
 	return err
