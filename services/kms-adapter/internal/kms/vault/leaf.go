@@ -2,6 +2,7 @@ package vault
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -74,7 +75,7 @@ func checkLeaf(leaf *x509.Certificate, req kms.SignRequest) error {
 		return fmt.Errorf("leaf copied names from the csr (cn %q, dns %v, email %v, ip %v): set use_csr_sans=false and use_csr_common_name=false on the role",
 			leaf.Subject.CommonName, leaf.DNSNames, leaf.EmailAddresses, leaf.IPAddresses)
 	}
-	if !req.CSR.PublicKey.(interface{ Equal(x any) bool }).Equal(leaf.PublicKey) {
+	if pub, ok := req.CSR.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(leaf.PublicKey) {
 		return fmt.Errorf("leaf does not certify the csr's public key")
 	}
 	if leaf.IsCA {

@@ -140,8 +140,9 @@ func TestVaultErrorsNamePathAndStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 		cfg := backendConfig(srv, vault.ModeLeaf, vault.Auth{Method: vault.AuthToken, TokenFile: vaulttest.WriteFile(t, "token", token.Auth.ClientToken)})
-		_, err = vault.New(t.Context(), cfg)
-		wantErr(t, err, kms.ErrUnavailable, "pki/issuers", "status 403", "permission denied")
+		// Reading the issuers is open to all (Vault serves them unauthenticated); signing is not.
+		err = signOnce(t.Context(), t, open(t, cfg))
+		wantErr(t, err, kms.ErrUnavailable, "pki/sign/workload", "status 403", "permission denied")
 	})
 	t.Run("MountMissing", func(t *testing.T) {
 		cfg := backendConfig(srv, vault.ModeLeaf, tokenAuth(t, srv))
