@@ -58,12 +58,10 @@ func spineOnVault(t *testing.T, s *stack.Stack, srv *vaulttest.Server) (client, 
 	}
 	verifyChain(t, client, "spiffe://cluster.local/ns/shop/sa/frontend")
 	verifyChain(t, server, "spiffe://cluster.local/ns/payments/sa/ledger")
+	// verifyChain checked the leaf against ROOTCA; ROOTCA must be Vault's root and nothing else.
 	root := srv.Root(vaultPKI.Mount)
-	if last := client.Cert.Certificate[len(client.Cert.Certificate)-1]; !root.Equal(mustParse(t, last)) {
-		t.Errorf("the leaf's chain does not end at Vault's root %q", root.Subject)
-	}
 	if len(client.Roots) != 1 || !client.Roots[0].Equal(root) {
-		t.Errorf("ROOTCA = %d roots, want Vault's root", len(client.Roots))
+		t.Errorf("ROOTCA = %d roots, want Vault's root %q only", len(client.Roots), root.Subject)
 	}
 	if _, err := stack.Handshake(context.Background(), client, server); err != nil {
 		t.Fatalf("mtls between the two workloads: %v", err)
@@ -124,8 +122,13 @@ func TestSpineOnVaultLeafMode(t *testing.T) {
 func TestSpineOnVaultIntermediateMode(t *testing.T) {
 	s, srv := startVaultStack(t, "intermediate")
 	client, _ := spineOnVault(t, s, srv)
-	if n := len(client.Cert.Certificate); n != 3 {
-		t.Errorf("chain has %d certificates, want leaf, intermediate, root", n)
+	// SDS carries the chain without its root: the leaf, then kms-adapter's intermediate, which
+	// Vault's root signed.
+	if n := len(client.Cert.Certificate); n != 2 {
+		t.Fatalf("chain has %d certificates, want leaf and intermediate", n)
+	}
+	if inter := mustParse(t, client.Cert.Certificate[1]); inter.CheckSignatureFrom(srv.Root(vaultPKI.Mount)) != nil {
+		t.Errorf("intermediate %q is not signed by Vault's root", inter.Subject)
 	}
 	srv.Seal()
 	cart := pod(t, "shop/cart-0")
