@@ -1,6 +1,7 @@
 package vault_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -26,6 +27,10 @@ import (
 type listeners chan [2]string
 
 func (l listeners) Write(p []byte) (int, error) {
+	// Cheap test first: the benchmark logs one record per signature.
+	if !bytes.Contains(p, []byte(`"msg":"`+lifecycle.ListeningMsg+`"`)) {
+		return len(p), nil
+	}
 	var rec struct{ Msg, Listener, Addr string }
 	if json.Unmarshal(p, &rec) == nil && rec.Msg == lifecycle.ListeningMsg {
 		l <- [2]string{rec.Listener, rec.Addr}

@@ -46,11 +46,11 @@ type Backend struct {
 
 	up atomic.Bool // the last call to Vault succeeded; transitions are logged once
 
-	bundleMu  sync.Mutex
-	roots     []*x509.Certificate
-	rootsRead time.Time
-	leafIssuerEnd time.Time // leaf mode: NotAfter of the issuer that signed the last leaf
-	changeMu  sync.Mutex // serialises OnBundleChange calls
+	bundleMu      sync.Mutex
+	roots         []*x509.Certificate
+	rootsRead     time.Time
+	leafIssuerEnd time.Time  // leaf mode: NotAfter of the issuer that signed the last leaf
+	changeMu      sync.Mutex // serialises OnBundleChange calls
 
 	inter atomic.Pointer[authority] // intermediate mode: the CA that signs leaves
 }

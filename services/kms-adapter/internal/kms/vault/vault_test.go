@@ -304,4 +304,3 @@ func TestIntermediateRenewedAtHalfLife(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
