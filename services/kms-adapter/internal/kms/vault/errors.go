@@ -32,8 +32,10 @@ func classify(op, path string, err error) error {
 		// No HTTP answer: connection refused, DNS, TLS, timeout.
 		return fmt.Errorf("%w: vault %s %s: unreachable: %v", kms.ErrUnavailable, op, path, err)
 	}
-	msg := strings.Join(re.Errors, "; ")
+	msg := cleanMessage(re.Errors)
 	switch {
+	case re.StatusCode == http.StatusForbidden && strings.HasSuffix(path, "/login"):
+		return fmt.Errorf("%w: vault %s %s: status %d: credentials refused: %s", kms.ErrUnavailable, op, path, re.StatusCode, msg)
 	case re.StatusCode == http.StatusServiceUnavailable && strings.Contains(msg, "sealed"):
 		return fmt.Errorf("%w: vault %s %s: status %d: vault is sealed", kms.ErrUnavailable, op, path, re.StatusCode)
 	case re.StatusCode == http.StatusForbidden:
@@ -49,6 +51,22 @@ func classify(op, path string, err error) error {
 		return fmt.Errorf("%w: vault %s %s: status %d: %s", kms.ErrInvalidCSR, op, path, re.StatusCode, msg)
 	}
 	return fmt.Errorf("%w: vault %s %s: status %d: %s", kms.ErrUnavailable, op, path, re.StatusCode, msg)
+}
+
+// cleanMessage joins Vault's error strings on one line; Vault wraps some in a multi-line
+// "1 error occurred:\n\t* ..." list.
+func cleanMessage(errs []string) string {
+	var parts []string
+	for _, e := range errs {
+		for _, line := range strings.Split(e, "\n") {
+			line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "* "))
+			if line == "" || strings.HasSuffix(line, "error occurred:") || strings.HasSuffix(line, "errors occurred:") {
+				continue
+			}
+			parts = append(parts, line)
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 // isCSRRefusal recognises Vault refusing the CSR itself (key type or size the role does not allow);

@@ -25,7 +25,7 @@ func TestClassify(t *testing.T) {
 	}{
 		{"sealed", resp(503, "Vault is sealed"), kms.ErrUnavailable, []string{"pki/sign/r", "status 503", "vault is sealed"}},
 		{"unreachable", &net.OpError{Op: "dial", Err: errors.New("connection refused")}, kms.ErrUnavailable, []string{"pki/sign/r", "unreachable", "connection refused"}},
-		{"denied", resp(403, "permission denied"), errPermission, []string{"status 403", "policy"}},
+		{"denied", resp(403, "1 error occurred:\n\t* permission denied\n\n"), errPermission, []string{"status 403", "policy", "path): permission denied"}},
 		{"role", resp(400, "unknown role: r"), kms.ErrUnavailable, []string{"status 400", "pki role missing"}},
 		{"issuer", resp(400, "cannot satisfy request, as TTL would result in notAfter of x that is beyond the expiration of the CA certificate at y"), kms.ErrUnavailable, []string{"issuer expires"}},
 		{"no mount", resp(404, "no handler for route"), kms.ErrUnavailable, []string{"status 404", "no such path"}},

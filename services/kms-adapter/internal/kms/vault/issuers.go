@@ -30,7 +30,7 @@ func (b *Backend) fetchRoots(ctx context.Context) ([]*x509.Certificate, error) {
 		}
 	}
 	if len(ids) == 0 {
-		return nil, unexpected("list", path, "the mount has no issuers (generate or import a root first)")
+		return nil, unexpected("list", path, "no issuers (is a PKI secrets engine mounted there, with a root generated or imported?)")
 	}
 	var roots []*x509.Certificate
 	for _, id := range ids {

@@ -2,6 +2,7 @@ package vault_test
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"log/slog"
 	"os"
@@ -87,6 +88,7 @@ func eventually(t *testing.T, what string, cond func() error) {
 
 func wantErr(t *testing.T, err error, target error, parts ...string) {
 	t.Helper()
+	t.Logf("error: %v", err)
 	if !errors.Is(err, target) {
 		t.Fatalf("err = %v, want %v", err, target)
 	}
@@ -303,4 +305,44 @@ func TestIntermediateRenewedAtHalfLife(t *testing.T) {
 	if err := signOnce(t.Context(), t, b); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Kubernetes auth needs a Kubernetes API to review the token (TokenReview), which this test does
+// not run; Vault's kubernetes method is pointed at a closed port. What is checked is everything on
+// kms-adapter's side: the login reaches auth/kubernetes/login with the role and the JWT read from
+// the file (a wrong field name would be a 400 "missing role/jwt"), and the refusal names the path
+// and status without the JWT.
+func TestKubernetesLoginReachesVault(t *testing.T) {
+	srv := vaulttest.Start(t, vaulttest.Options{})
+	srv.ConfigurePKI(pki)
+	c := srv.Client()
+	for _, w := range []struct {
+		path string
+		data map[string]any
+	}{
+		{"sys/auth/kubernetes", map[string]any{"type": "kubernetes"}},
+		{"auth/kubernetes/config", map[string]any{"kubernetes_host": "http://127.0.0.1:1", "disable_local_ca_jwt": true}},
+		{"auth/kubernetes/role/kms-adapter", map[string]any{"bound_service_account_names": "kms-adapter",
+			"bound_service_account_namespaces": "portcullis", "token_policies": "default"}},
+	} {
+		if _, err := c.Logical().WriteWithContext(t.Context(), w.path, w.data); err != nil {
+			t.Fatalf("%s: %v", w.path, err)
+		}
+	}
+	enc := base64.RawURLEncoding.EncodeToString
+	jwt := enc([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + enc([]byte(`{"iss":"kubernetes/serviceaccount",`+
+		`"kubernetes.io/serviceaccount/namespace":"portcullis","kubernetes.io/serviceaccount/service-account.name":"kms-adapter",`+
+		`"kubernetes.io/serviceaccount/service-account.uid":"0d4ee2e5-5cbb-4f43-9d2c-6f3c5e0e1a11","sub":"system:serviceaccount:portcullis:kms-adapter"}`)) +
+		"." + enc([]byte("not-checked-without-pem-keys"))
+	auth := vault.Auth{Method: vault.AuthKubernetes, Role: "kms-adapter", JWTFile: vaulttest.WriteFile(t, "token", jwt)}
+	_, err := vault.New(t.Context(), backendConfig(srv, vault.ModeLeaf, auth))
+	wantErr(t, err, kms.ErrUnavailable, "kubernetes login refused", "auth/kubernetes/login", "status 403", "credentials refused")
+	if strings.Contains(err.Error(), jwt[:20]) {
+		t.Errorf("error leaks the service account token: %v", err)
+	}
+
+	// The same login against a role that does not exist is a different, equally named refusal.
+	auth.Role = "nobody"
+	_, err = vault.New(t.Context(), backendConfig(srv, vault.ModeLeaf, auth))
+	wantErr(t, err, kms.ErrUnavailable, "auth/kubernetes/login", "nobody")
 }
