@@ -71,3 +71,16 @@ func (a *announcer) rotation(ev kms.RotationEvent) {
 		}}})
 	}
 }
+
+// bundle announces a changed set of roots from a backend that rotates its CA elsewhere (Vault's
+// issuers).
+func (a *announcer) bundle(b kms.Bundle) {
+	var fps [][]byte
+	for _, r := range b.Roots {
+		sum := sha256.Sum256(r.Raw)
+		fps = append(fps, sum[:])
+	}
+	a.Publish(&eventsv1.Event{Kind: &eventsv1.Event_TrustBundleChanged{TrustBundleChanged: &eventsv1.TrustBundleChanged{
+		BundleVersion: b.Version, RootSha256: fps,
+	}}})
+}

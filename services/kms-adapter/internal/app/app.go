@@ -26,6 +26,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/kmsmetrics"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/local"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/vault"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/logkey"
 )
 
@@ -39,6 +40,7 @@ type App struct {
 	identity *servicetls.Identity
 	registry *prometheus.Registry
 	backend  kms.Backend
+	runner   kms.Runner // the backend's background work, if it has any (vault)
 	api      *grpcapi.Server
 	rotator  kms.Rotator     // nil when the backend's CA is not rotated here
 	expiry   *expiry.Tracker // nil when events are disabled
@@ -59,6 +61,12 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 			return local.New(local.Config{StateDir: cfg.StateDir, TrustDomain: td, DefaultTTL: cfg.DefaultTTL,
 				MaxTTL: cfg.MaxTTL, RootTTL: cfg.RootTTL, Clock: clk, Logger: logger, Observer: ann.rotation})
 		},
+		kms.BackendVault: func(ctx context.Context) (kms.Backend, error) {
+			vc := cfg.VaultBackend()
+			vc.TrustDomain, vc.Clock, vc.Logger = td, clk, logger
+			vc.OnBundleChange = ann.bundle // Vault's issuer rotation feeds the same events
+			return vault.New(ctx, vc)
+		},
 	}
 	backend, err := backends.Open(ctx, cfg.Backend)
 	if err != nil {
@@ -74,6 +82,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 		}
 	}
 	rotator, _ := backend.(kms.Rotator)
+	runner := runnerOf(backend)
 	var tracker *expiry.Tracker
 	var apiAnnounce grpcapi.Announcer
 	if cfg.EventsEnabled() {
@@ -93,6 +102,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 		identity: identity,
 		registry: registry,
 		backend:  instrumented,
+		runner:   runner,
 		rotator:  rotator,
 		expiry:   tracker,
 		announce: ann,
@@ -122,6 +132,9 @@ func (a *App) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.registry, Ready: a.ready, Logger: a.logger}.Run(ctx)
 	})
+	if a.runner != nil {
+		g.Go(func() error { return a.runner.Run(ctx) })
+	}
 	g.Go(func() error {
 		<-ctx.Done()
 		hs.Shutdown() // report NOT_SERVING while in-flight calls drain
@@ -165,6 +178,11 @@ func (a *App) startEvents(ctx context.Context, g *errgroup.Group) error {
 	})
 	g.Go(func() error { return a.expiry.Run(ctx) })
 	return nil
+}
+
+func runnerOf(b kms.Backend) kms.Runner {
+	r, _ := b.(kms.Runner)
+	return r
 }
 
 // ready reports whether the backend can answer; for Vault this is where an outage shows.

@@ -30,6 +30,7 @@ type Config struct {
 	NATSListen    string
 	NATSStoreDir  string
 	ExpiryWarning time.Duration
+	Vault         Vault // -backend vault
 }
 
 // EventsEnabled reports whether rotation events are published.
@@ -39,7 +40,7 @@ func (c *Config) EventsEnabled() bool { return c.NATS.Enabled() || c.NATSEmbedde
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:15030", "address of the KMS gRPC API (port 0 picks a free port)")
 	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15031", "address of /metrics, /healthz and /readyz")
-	fs.StringVar(&c.Backend, "backend", kms.BackendLocal, "certificate authority backend: local")
+	fs.StringVar(&c.Backend, "backend", kms.BackendLocal, "certificate authority backend: local or vault")
 	fs.StringVar(&c.StateDir, "state-dir", "./var/lib/portcullis/kms", "local backend: directory of the CA keys and certificates (kept 0700)")
 	fs.DurationVar(&c.DefaultTTL, "default-ttl", 24*time.Hour, "workload certificate lifetime when the request asks for none")
 	fs.DurationVar(&c.MaxTTL, "max-ttl", 2160*time.Hour, "longest workload certificate lifetime; longer requests are clamped")
@@ -50,6 +51,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATSListen, "nats-listen", "127.0.0.1:4222", "embedded NATS: client address (mTLS with the control-plane CA; port 0 picks a free port)")
 	fs.StringVar(&c.NATSStoreDir, "nats-store-dir", "./var/lib/portcullis/nats", "embedded NATS: JetStream file store")
 	fs.DurationVar(&c.ExpiryWarning, "expiry-warning", time.Hour, "announce an issued certificate this long before it expires (its holder should have renewed)")
+	c.Vault.RegisterFlags(fs)
 }
 
 // Validate reports every problem at once, so that one run of the binary shows them all.
@@ -76,6 +78,11 @@ func (c *Config) Validate() error {
 	// fits; anything shorter would leave no room for a single full-length leaf.
 	if c.RootTTL <= 2*c.MaxTTL {
 		errs = append(errs, fmt.Errorf("-root-ttl (%s) must exceed twice -max-ttl (%s)", c.RootTTL, c.MaxTTL))
+	}
+	if c.Backend == kms.BackendVault {
+		if err := c.Vault.Validate(c); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := c.TLS.Validate(); err != nil {
 		errs = append(errs, err)

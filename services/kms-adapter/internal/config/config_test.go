@@ -29,7 +29,9 @@ func TestDefaults(t *testing.T) {
 	}
 	want := config.Config{Listen: "127.0.0.1:15030", AdminListen: "127.0.0.1:15031", Backend: "local",
 		StateDir: "./var/lib/portcullis/kms", DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour, RootTTL: 8760 * time.Hour,
-		TLS: c.TLS, NATSEmbedded: true, NATSListen: "127.0.0.1:4222", NATSStoreDir: "./var/lib/portcullis/nats", ExpiryWarning: time.Hour}
+		TLS: c.TLS, NATSEmbedded: true, NATSListen: "127.0.0.1:4222", NATSStoreDir: "./var/lib/portcullis/nats", ExpiryWarning: time.Hour,
+		Vault: config.Vault{Mount: "pki", Mode: "leaf", IntermediateTTL: 720 * time.Hour, Auth: "token",
+			K8sJWTFile: "/var/run/secrets/kubernetes.io/serviceaccount/token"}}
 	if *c != want {
 		t.Errorf("defaults = %+v, want %+v", *c, want)
 	}
@@ -49,11 +51,23 @@ func TestValidate(t *testing.T) {
 		{[]string{"-max-ttl", "5000h"}, "-root-ttl (8760h0m0s) must exceed twice -max-ttl"},
 		{[]string{"-state-dir", ""}, "-state-dir is required"},
 		{[]string{"-backend", ""}, "-backend is required"},
+		{[]string{"-backend", "vault", "-vault-role", "r"}, "-vault-addr is required"},
+		{[]string{"-backend", "vault", "-vault-addr", "http://v"}, "-vault-role is required in -vault-mode leaf"},
+		{[]string{"-backend", "vault", "-vault-addr", "http://v", "-vault-mode", "both"}, `-vault-mode "both"`},
+		{[]string{"-backend", "vault", "-vault-addr", "http://v", "-vault-mode", "intermediate", "-vault-intermediate-ttl", "24h"}, "-vault-intermediate-ttl (24h0m0s) must exceed twice -default-ttl"},
+		{[]string{"-backend", "vault", "-vault-addr", "http://v", "-vault-role", "r", "-vault-auth", "approle"}, "needs -vault-role-id and -vault-secret-id-file"},
+		{[]string{"-backend", "vault", "-vault-addr", "http://v", "-vault-role", "r", "-vault-auth", "kubernetes", "-vault-k8s-jwt-file", ""}, "needs -vault-k8s-role"},
+		{[]string{"-backend", "vault", "-vault-addr", "http://v", "-vault-role", "r", "-vault-auth", "ldap"}, `-vault-auth "ldap"`},
 	} {
 		err := parse(t, append(tc.args, tlsArgs...)...).Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: err = %v, want %q", tc.args, err, tc.want)
 		}
+	}
+	vaultOK := append([]string{"-backend", "vault", "-vault-addr", "http://v", "-vault-role", "r", "-vault-auth", "approle",
+		"-vault-role-id", "id", "-vault-secret-id-file", "f"}, tlsArgs...)
+	if err := parse(t, vaultOK...).Validate(); err != nil {
+		t.Errorf("complete vault flags: %v", err)
 	}
 	if err := parse(t).Validate(); err == nil || !strings.Contains(err.Error(), "-tls-cert") {
 		t.Errorf("missing TLS files: err = %v", err)

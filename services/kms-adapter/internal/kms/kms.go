@@ -74,6 +74,14 @@ type SigningChainer interface {
 	SigningChain(ctx context.Context) ([]*x509.Certificate, error)
 }
 
+// Runner is implemented by backends with work of their own in the background (Vault: token
+// renewal, re-reading the issuers, renewing an intermediate). The binary runs it beside its
+// servers until shutdown; Run returns nil when ctx ends and an error only for a failure that
+// should stop kms-adapter.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
 // RSA keys outside these bounds are refused: below is weak, above costs the CA a lot of CPU per
 // signature check for no gain, which a caller could use to slow the signer down.
 const (

@@ -10,6 +10,7 @@ import (
 // Backend names accepted by -backend.
 const (
 	BackendLocal = "local"
+	BackendVault = "vault"
 )
 
 // Factory opens one backend. The factory carries the backend's own configuration (a closure over
