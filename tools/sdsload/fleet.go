@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/portcullis-mesh/portcullis/libs/sdsclient"
@@ -50,6 +51,8 @@ type stream struct {
 
 	mu      sync.Mutex
 	bundles []arrival // every distinct ROOTCA received, in order
+	chain   []byte    // the last "default" certificate chain received
+	chainAt time.Time // when it arrived
 	err     error     // why the stream stopped receiving, if it did before Close
 }
 
@@ -138,10 +141,26 @@ func (f *Fleet) open(runCtx, waitCtx context.Context, conn *sdsclient.Client, sc
 		return nil, err
 	}
 	s := &stream{st: st}
-	if ca := secrets["ROOTCA"]; ca != nil {
-		s.bundles = append(s.bundles, arrival{time.Now(), ca.GetValidationContext().GetTrustedCa().GetInlineBytes()})
-	}
+	s.record(secrets, time.Now())
 	return s, nil
+}
+
+// record notes a new ROOTCA or default certificate among secrets.
+func (s *stream) record(secrets map[string]*tlsv3.Secret, at time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if ca := secrets["ROOTCA"]; ca != nil {
+		pem := ca.GetValidationContext().GetTrustedCa().GetInlineBytes()
+		if len(s.bundles) == 0 || !bytes.Equal(s.bundles[len(s.bundles)-1].trustedCA, pem) {
+			s.bundles = append(s.bundles, arrival{at, pem})
+		}
+	}
+	if def := secrets["default"]; def != nil {
+		chain := def.GetTlsCertificate().GetCertificateChain().GetInlineBytes()
+		if !bytes.Equal(s.chain, chain) {
+			s.chain, s.chainAt = chain, at
+		}
+	}
 }
 
 // receive reads pushes until the stream ends, recording each ROOTCA that differs from the last.
@@ -156,16 +175,7 @@ func (f *Fleet) receive(s *stream) {
 			f.ping()
 			return
 		}
-		ca := secrets["ROOTCA"]
-		if ca == nil {
-			continue
-		}
-		pem := ca.GetValidationContext().GetTrustedCa().GetInlineBytes()
-		s.mu.Lock()
-		if len(s.bundles) == 0 || !bytes.Equal(s.bundles[len(s.bundles)-1].trustedCA, pem) {
-			s.bundles = append(s.bundles, arrival{at, pem})
-		}
-		s.mu.Unlock()
+		s.record(secrets, at)
 		f.ping()
 	}
 }
@@ -218,6 +228,33 @@ func (f *Fleet) AwaitBundle(ctx context.Context, match func(trustedCA []byte) bo
 		case <-f.changed:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%d of %d streams lack the new root: %w", len(pending), len(f.streams), ctx.Err())
+		}
+	}
+}
+
+// AwaitCertificate waits until every stream has received a new "default" certificate at or
+// after since.
+func (f *Fleet) AwaitCertificate(ctx context.Context, since time.Time) error {
+	for {
+		missing := 0
+		for i, s := range f.streams {
+			s.mu.Lock()
+			at, err := s.chainAt, s.err
+			s.mu.Unlock()
+			if err != nil {
+				return fmt.Errorf("stream %d ended before it got a new certificate: %w", i, err)
+			}
+			if at.Before(since) {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return nil
+		}
+		select {
+		case <-f.changed:
+		case <-ctx.Done():
+			return fmt.Errorf("%d of %d streams lack a new certificate: %w", missing, len(f.streams), ctx.Err())
 		}
 	}
 }

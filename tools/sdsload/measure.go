@@ -17,7 +17,7 @@ import (
 // Summary is the distribution of a set of durations.
 type Summary struct {
 	N             int
-	P50, P99, Max time.Duration
+	Min, P50, P99, Max time.Duration
 }
 
 // Summarize computes a Summary (nearest-rank percentiles).
@@ -31,11 +31,11 @@ func Summarize(d []time.Duration) Summary {
 		i := int(p*float64(len(s))+0.999999) - 1
 		return s[min(max(i, 0), len(s)-1)]
 	}
-	return Summary{N: len(s), P50: rank(0.50), P99: rank(0.99), Max: s[len(s)-1]}
+	return Summary{N: len(s), Min: s[0], P50: rank(0.50), P99: rank(0.99), Max: s[len(s)-1]}
 }
 
 func (s Summary) String() string {
-	return fmt.Sprintf("n=%d p50=%s p99=%s max=%s", s.N, s.P50.Round(time.Millisecond), s.P99.Round(time.Millisecond), s.Max.Round(time.Millisecond))
+	return fmt.Sprintf("n=%d min=%s p50=%s p99=%s max=%s", s.N, s.Min.Round(time.Millisecond), s.P50.Round(time.Millisecond), s.P99.Round(time.Millisecond), s.Max.Round(time.Millisecond))
 }
 
 // RSS is a process's resident set size in bytes, from /proc/<pid>/status.

@@ -132,8 +132,10 @@ func (l *Load) RotateBundle(ctx context.Context) ([]time.Duration, error) {
 	return l.Fleet.AwaitBundle(ctx, func(ca []byte) bool { return bytes.Contains(ca, next) }, start)
 }
 
-// Settle finishes the rotation RotateBundle began (ACTIVATE, then RETIRE with force) and waits
-// until every stream holds a bundle of the new root alone, so that RotateBundle can run again.
+// Settle finishes the rotation RotateBundle began and waits for its effects, so that
+// RotateBundle can run again on a quiet agent: ACTIVATE, until every stream has a certificate
+// re-issued under the new CA; then RETIRE with force, until every stream holds a bundle of the
+// new root alone.
 func (l *Load) Settle(ctx context.Context) error {
 	start := time.Now()
 	st, err := l.admin.RotateCA(ctx, &kmsv1.RotateCARequest{Step: kmsv1.RotationStep_ROTATION_STEP_ACTIVATE})
@@ -141,6 +143,10 @@ func (l *Load) Settle(ctx context.Context) error {
 		return fmt.Errorf("rotate ca activate: %w", err)
 	}
 	active := pemOf(st.GetActive().GetRoot())
+	if err := l.Fleet.AwaitCertificate(ctx, start); err != nil {
+		return err
+	}
+	start = time.Now()
 	if _, err := l.admin.RotateCA(ctx, &kmsv1.RotateCARequest{Step: kmsv1.RotationStep_ROTATION_STEP_RETIRE, Force: true}); err != nil {
 		return fmt.Errorf("rotate ca retire: %w", err)
 	}
