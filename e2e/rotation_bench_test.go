@@ -85,6 +85,7 @@ func BenchmarkSDSBundleFanout(b *testing.B) {
 	b.ReportMetric(ms(sum.Max), "max-ms")
 	b.ReportMetric(l.Memory.RSSPerStream()/1024, "rss-KiB/stream")
 	b.ReportMetric(l.Memory.HeapPerStream()/1024, "heap-KiB/stream")
+	b.ReportMetric(l.Memory.StackPerStream()/1024, "stack-KiB/stream")
 }
 
 // BenchmarkNewPodBurst: -burst-pods new pods with distinct identities on one node each open an

@@ -16,7 +16,7 @@ import (
 
 // Summary is the distribution of a set of durations.
 type Summary struct {
-	N             int
+	N                  int
 	Min, P50, P99, Max time.Duration
 }
 

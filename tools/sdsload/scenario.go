@@ -19,7 +19,8 @@ import (
 const (
 	signTotal = "portcullis_kms_sign_total"
 	signOK    = `result="ok"`
-	heapInuse = "go_memstats_heap_inuse_bytes"
+	heapInuse  = "go_memstats_heap_inuse_bytes"
+	stackInuse = "go_memstats_stack_inuse_bytes"
 )
 
 // Sidecars mints a token per pod, as the API server would for its service account.
@@ -40,8 +41,9 @@ func Sidecars(s *stack.Stack, pods []stack.Pod) ([]Sidecar, error) {
 type Memory struct {
 	Streams               int
 	RSSBefore, RSSAfter   uint64
-	HeapBefore, HeapAfter float64
-	GCForced              bool
+	HeapBefore, HeapAfter   float64
+	StackBefore, StackAfter float64 // goroutine stacks (go_memstats_stack_inuse_bytes)
+	GCForced                bool
 }
 
 // RSSPerStream and HeapPerStream are the growth divided by the number of streams.
@@ -49,11 +51,15 @@ func (m Memory) RSSPerStream() float64 {
 	return (float64(m.RSSAfter) - float64(m.RSSBefore)) / float64(m.Streams)
 }
 func (m Memory) HeapPerStream() float64 { return (m.HeapAfter - m.HeapBefore) / float64(m.Streams) }
+func (m Memory) StackPerStream() float64 {
+	return (m.StackAfter - m.StackBefore) / float64(m.Streams)
+}
 
 func (m Memory) String() string {
-	return fmt.Sprintf("agent RSS %.1f -> %.1f MiB (%.1f KiB/stream), heap in use %.1f -> %.1f MiB (%.1f KiB/stream, gc forced: %t)",
+	return fmt.Sprintf("agent RSS %.1f -> %.1f MiB (%.1f KiB/stream), heap in use %.1f -> %.1f MiB (%.1f KiB/stream), stacks %.1f -> %.1f MiB (%.1f KiB/stream), gc forced: %t",
 		float64(m.RSSBefore)/(1<<20), float64(m.RSSAfter)/(1<<20), m.RSSPerStream()/1024,
-		m.HeapBefore/(1<<20), m.HeapAfter/(1<<20), m.HeapPerStream()/1024, m.GCForced)
+		m.HeapBefore/(1<<20), m.HeapAfter/(1<<20), m.HeapPerStream()/1024,
+		m.StackBefore/(1<<20), m.StackAfter/(1<<20), m.StackPerStream()/1024, m.GCForced)
 }
 
 // Load is a fleet of streams held open on one agent, and the admin connection that rotates the CA.
@@ -88,16 +94,19 @@ func StartLoad(ctx context.Context, cfg LoadConfig) (*Load, error) {
 	}
 	cfg.Fleet.Socket = cfg.Stack.Socket(cfg.Node)
 	agent := cfg.Stack.Agent(cfg.Node)
-	measure := func(rss *uint64, heap *float64) error {
+	measure := func(rss *uint64, heap, stacks *float64) error {
 		l.Memory.GCForced = CollectGarbage(ctx, agent.Addr("admin"))
 		var err error
 		if *rss, err = RSS(agent.Pid()); err != nil {
 			return err
 		}
-		*heap, err = Metric(ctx, agent.Addr("admin"), heapInuse)
+		if *heap, err = Metric(ctx, agent.Addr("admin"), heapInuse); err != nil {
+			return err
+		}
+		*stacks, err = Metric(ctx, agent.Addr("admin"), stackInuse)
 		return err
 	}
-	if err := measure(&l.Memory.RSSBefore, &l.Memory.HeapBefore); err != nil {
+	if err := measure(&l.Memory.RSSBefore, &l.Memory.HeapBefore, &l.Memory.StackBefore); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -109,7 +118,7 @@ func StartLoad(ctx context.Context, cfg LoadConfig) (*Load, error) {
 	}
 	l.Fleet, l.Open, l.FirstResponse = f, time.Since(start), Summarize(first)
 	l.Memory.Streams = f.Len()
-	if err := measure(&l.Memory.RSSAfter, &l.Memory.HeapAfter); err != nil {
+	if err := measure(&l.Memory.RSSAfter, &l.Memory.HeapAfter, &l.Memory.StackAfter); err != nil {
 		l.Close()
 		return nil, err
 	}
