@@ -17,8 +17,8 @@ import (
 
 // kms-adapter's count of signed certificates (services/kms-adapter/internal/kms/kmsmetrics).
 const (
-	signTotal = "portcullis_kms_sign_total"
-	signOK    = `result="ok"`
+	signTotal  = "portcullis_kms_sign_total"
+	signOK     = `result="ok"`
 	heapInuse  = "go_memstats_heap_inuse_bytes"
 	stackInuse = "go_memstats_stack_inuse_bytes"
 )
@@ -39,8 +39,8 @@ func Sidecars(s *stack.Stack, pods []stack.Pod) ([]Sidecar, error) {
 // Memory is an agent's footprint before and after opening the streams. Heap figures are taken
 // right after a forced GC when the agent serves pprof (GCForced), else as they are.
 type Memory struct {
-	Streams               int
-	RSSBefore, RSSAfter   uint64
+	Streams                 int
+	RSSBefore, RSSAfter     uint64
 	HeapBefore, HeapAfter   float64
 	StackBefore, StackAfter float64 // goroutine stacks (go_memstats_stack_inuse_bytes)
 	GCForced                bool
