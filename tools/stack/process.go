@@ -167,3 +167,14 @@ func (p *Process) signal(sig syscall.Signal) error {
 }
 
 func logPath(dir, name string) string { return filepath.Join(dir, "logs", name+".log") }
+
+// Pid is the process id of the running service (0 before start). Load tools read its memory
+// from /proc/<pid>.
+func (p *Process) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}

@@ -3,6 +3,7 @@ package sds
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -46,46 +47,58 @@ type built struct {
 	version string
 }
 
-// build renders the named resources for caller, fetching or issuing what is missing.
+// build renders the named resources for caller, fetching or issuing what is missing. What was
+// rendered for another stream from the same bundle or certificate is reused.
 func (s *Server) build(ctx context.Context, caller identity.Caller, names []string) (map[string]built, error) {
 	out := make(map[string]built, len(names))
 	for _, name := range names {
 		var (
-			secret  *tlsv3.Secret
-			version string
+			b   built
+			err error
 		)
 		if name == RootCAName {
-			roots, err := retry(ctx, s.cfg.Logger, func() ([]byte, error) {
-				r, err := s.cfg.Secrets.Roots(ctx)
-				return pemcerts.Encode(r), err
-			})
-			if err != nil {
-				return nil, err
+			roots, rerr := retry(ctx, s.cfg.Logger, func() ([]*x509.Certificate, error) { return s.cfg.Secrets.Roots(ctx) })
+			if rerr != nil {
+				return nil, rerr
 			}
-			sum := sha256.Sum256(roots)
-			version = hex.EncodeToString(sum[:8])
-			secret = &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_ValidationContext{
-				ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(roots)},
-			}}
+			b, err = s.rendered.bundle(roots, func() (built, error) { return renderBundle(roots) })
 		} else {
-			cert, err := retry(ctx, s.cfg.Logger, func() (*secrets.Certificate, error) {
+			cert, cerr := retry(ctx, s.cfg.Logger, func() (*secrets.Certificate, error) {
 				return s.cfg.Secrets.Certificate(ctx, caller.ID, caller.Token)
 			})
-			if err != nil {
-				return nil, err
+			if cerr != nil {
+				return nil, cerr
 			}
-			version = cert.Leaf().SerialNumber.Text(16)
-			secret = &tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{
-				TlsCertificate: &tlsv3.TlsCertificate{CertificateChain: inline(cert.ChainPEM), PrivateKey: inline(cert.KeyPEM)},
-			}}
+			b, err = s.rendered.certificate(name, cert, func() (built, error) { return renderCertificate(name, cert) })
 		}
-		a, err := anypb.New(secret)
 		if err != nil {
-			return nil, fmt.Errorf("encoding secret %q: %w", name, err)
+			return nil, err
 		}
-		out[name] = built{res: a, version: version}
+		out[name] = b
 	}
 	return out, nil
+}
+
+func renderBundle(roots []*x509.Certificate) (built, error) {
+	pem := pemcerts.Encode(roots)
+	sum := sha256.Sum256(pem)
+	return render(&tlsv3.Secret{Name: RootCAName, Type: &tlsv3.Secret_ValidationContext{
+		ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: inline(pem)},
+	}}, hex.EncodeToString(sum[:8]))
+}
+
+func renderCertificate(name string, cert *secrets.Certificate) (built, error) {
+	return render(&tlsv3.Secret{Name: name, Type: &tlsv3.Secret_TlsCertificate{
+		TlsCertificate: &tlsv3.TlsCertificate{CertificateChain: inline(cert.ChainPEM), PrivateKey: inline(cert.KeyPEM)},
+	}}, cert.Leaf().SerialNumber.Text(16))
+}
+
+func render(secret *tlsv3.Secret, version string) (built, error) {
+	a, err := anypb.New(secret)
+	if err != nil {
+		return built{}, fmt.Errorf("encoding secret %q: %w", secret.GetName(), err)
+	}
+	return built{res: a, version: version}, nil
 }
 
 func inline(b []byte) *core.DataSource {

@@ -64,7 +64,8 @@ type Config struct {
 // Server implements secretv3.SecretDiscoveryServiceServer.
 type Server struct {
 	secretv3.UnimplementedSecretDiscoveryServiceServer
-	cfg Config
+	cfg      Config
+	rendered renderCache
 }
 
 // New returns a Server.
