@@ -111,6 +111,10 @@ func (ca *CA) takeDueSteps() time.Duration {
 	return retryAfter
 }
 
+// activationLead is the least time between preparing a CA and the schedule activating it: the
+// bundle event needs a moment to reach every agent (seconds) and citadel.
+const activationLead = 10 * time.Minute
+
 // schedule returns the step the schedule takes next for st and when: prepare at ½ of the active
 // root's life, activate at ⅚, and retire a previous root at its retire time, whichever is first.
 func schedule(st *state) (kms.RotationStep, time.Time) {
@@ -119,6 +123,11 @@ func schedule(st *state) (kms.RotationStep, time.Time) {
 	step, at := kms.StepPrepared, root.NotBefore.Add(life/2)
 	if st.next != nil {
 		step, at = kms.StepActivated, root.NotBefore.Add(life-life/6)
+		// A CA prepared late (kms-adapter was down past ⅚) still waits before it signs, so that
+		// agents hold its root before any leaf chains to it.
+		if earliest := st.next.root.NotBefore.Add(ClockSkew + min(activationLead, life/12)); at.Before(earliest) {
+			at = earliest
+		}
 	}
 	for _, p := range st.previous {
 		if p.retireAt.Before(at) {

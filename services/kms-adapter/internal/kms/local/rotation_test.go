@@ -390,3 +390,38 @@ func sameCert(a, b *x509.Certificate) bool {
 	}
 	return bytes.Equal(a.Raw, b.Raw)
 }
+
+// A kms-adapter that was down past ⅚ of the root's life prepares at once on start, but does not
+// activate before the new root has had time to reach the agents.
+func TestLatePreparationWaitsBeforeActivating(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	dir := t.TempDir()
+	newCA(t, config(dir, clk))
+	clk.SetTime(t0.Add(rootTTL * 9 / 10)) // well past ⅚
+	ca := newCA(t, config(dir, clk))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); ca.RunRotation(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	waitStatus := func(what string, cond func(kms.RotationStatus) bool) kms.RotationStatus {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			st, _ := ca.RotationStatus(context.Background())
+			if cond(st) {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	st := waitStatus("the late preparation", func(st kms.RotationStatus) bool { return st.Next != nil })
+	if st.NextStep != kms.StepActivated || st.NextStepAt.Sub(clk.Now()) < 9*time.Minute {
+		t.Fatalf("next step %s in %s, want activation about 10 minutes after the late preparation", st.NextStep, st.NextStepAt.Sub(clk.Now()))
+	}
+	clk.Step(11 * time.Minute)
+	waitStatus("the activation", func(st kms.RotationStatus) bool { return st.Next == nil && len(st.Previous) == 1 })
+}
