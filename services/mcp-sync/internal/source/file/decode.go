@@ -12,15 +12,12 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/validation"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
+	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/source/convert"
 )
-
-// defaultName is what Kubernetes fills in for an empty namespace and an empty service account.
-const defaultName = "default"
 
 // objects are the supported objects of one manifest file, in document order.
 type objects struct {
@@ -90,7 +87,7 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 		if err := yaml.UnmarshalStrict(doc, &pod); err != nil {
 			return fmt.Errorf("%s: decoding Pod: %w", where, err)
 		}
-		p, err := convertPod(&pod)
+		p, err := convert.Pod(&pod)
 		if err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
@@ -100,7 +97,7 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 		if err := yaml.UnmarshalStrict(doc, &sa); err != nil {
 			return fmt.Errorf("%s: decoding ServiceAccount: %w", where, err)
 		}
-		s, err := convertServiceAccount(&sa)
+		s, err := convert.ServiceAccount(&sa)
 		if err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
@@ -110,7 +107,7 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 		if err := yaml.UnmarshalStrict(doc, &ns); err != nil {
 			return fmt.Errorf("%s: decoding Namespace: %w", where, err)
 		}
-		n, err := convertNamespace(&ns)
+		n, err := convert.Namespace(&ns)
 		if err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
@@ -127,74 +124,6 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 		}
 	default:
 		logger.Debug("skipping manifest of an unserved kind", "where", where, "kind", tm.Kind)
-	}
-	return nil
-}
-
-func convertPod(pod *corev1.Pod) (*mcpv1.Pod, error) {
-	ns := pod.Namespace
-	if ns == "" {
-		ns = defaultName
-	}
-	if err := checkName("Pod", pod.Name, validation.IsDNS1123Subdomain); err != nil {
-		return nil, err
-	}
-	if err := checkName("Pod "+pod.Name+" namespace", ns, validation.IsDNS1123Label); err != nil {
-		return nil, err
-	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = pod.Spec.DeprecatedServiceAccount // still honoured by the API server
-	}
-	if sa == "" {
-		sa = defaultName
-	}
-	return &mcpv1.Pod{
-		Name:           ns + "/" + pod.Name,
-		Namespace:      ns,
-		PodName:        pod.Name,
-		Uid:            string(pod.UID),
-		NodeName:       pod.Spec.NodeName,
-		ServiceAccount: sa,
-		Labels:         pod.Labels,
-		PodIp:          pod.Status.PodIP,
-	}, nil
-}
-
-func convertServiceAccount(sa *corev1.ServiceAccount) (*mcpv1.ServiceAccount, error) {
-	ns := sa.Namespace
-	if ns == "" {
-		ns = defaultName
-	}
-	if err := checkName("ServiceAccount", sa.Name, validation.IsDNS1123Subdomain); err != nil {
-		return nil, err
-	}
-	if err := checkName("ServiceAccount "+sa.Name+" namespace", ns, validation.IsDNS1123Label); err != nil {
-		return nil, err
-	}
-	return &mcpv1.ServiceAccount{
-		Name:           ns + "/" + sa.Name,
-		Namespace:      ns,
-		ServiceAccount: sa.Name,
-		Uid:            string(sa.UID),
-	}, nil
-}
-
-func convertNamespace(ns *corev1.Namespace) (*mcpv1.Namespace, error) {
-	if err := checkName("Namespace", ns.Name, validation.IsDNS1123Label); err != nil {
-		return nil, err
-	}
-	return &mcpv1.Namespace{Name: ns.Name, Uid: string(ns.UID), Labels: ns.Labels}, nil
-}
-
-// checkName rejects what the API server would reject; a name with a "/" would also break the
-// "<namespace>/<name>" resource names.
-func checkName(what, name string, valid func(string) []string) error {
-	if name == "" {
-		return fmt.Errorf("%s has no metadata.name", what)
-	}
-	if errs := valid(name); len(errs) > 0 {
-		return fmt.Errorf("%s name %q is invalid: %s", what, name, strings.Join(errs, "; "))
 	}
 	return nil
 }
