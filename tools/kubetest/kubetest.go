@@ -151,12 +151,17 @@ func (c *Cluster) StartAPIServer() error {
 	return nil
 }
 
-// StopAPIServer stops kube-apiserver (etcd keeps running, so no data is lost).
-func (c *Cluster) StopAPIServer() { c.apiServer.stop(30 * time.Second) }
+// apiServerGrace bounds kube-apiserver's graceful stop: with watches open it otherwise waits for
+// its 60s shutdown timeout (HTTP/2 streams that never end), which only slows tests down.
+const apiServerGrace = 3 * time.Second
+
+// StopAPIServer stops kube-apiserver: SIGTERM, then SIGKILL after a few seconds. etcd keeps
+// running, so no data is lost.
+func (c *Cluster) StopAPIServer() { c.apiServer.stop(apiServerGrace) }
 
 func (c *Cluster) stop() {
 	if c.apiServer != nil {
-		c.apiServer.stop(30 * time.Second)
+		c.apiServer.stop(apiServerGrace)
 	}
 	if c.etcd != nil {
 		c.etcd.stop(10 * time.Second)

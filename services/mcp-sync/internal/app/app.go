@@ -43,8 +43,10 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 		Clock:        clock.RealClock{},
 		Errors:       m.SourceErrors,
 		LastGoodLoad: m.LastGoodLoad,
+		Malformed:    m.Malformed,
 		ManifestsDir: cfg.ManifestsDir,
 		Resync:       cfg.Resync,
+		Kubeconfig:   cfg.Kubeconfig,
 	})
 	if err != nil {
 		return nil, err
@@ -76,15 +78,20 @@ func (a *App) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-func (a *App) apply(st source.State) {
-	if err := a.snapshots.Update(st); err != nil {
+func (a *App) apply(u source.Update) {
+	if err := a.snapshots.Apply(u); err != nil {
 		// The previous views stay in force; the next change retries.
 		a.logger.Error("updating snapshots, keeping the previous ones", "err", err)
 		a.metrics.SourceErrors.Inc()
 		return
 	}
 	a.server.SetReady()
-	a.logger.Info("state updated", "pods", len(st.Pods), "service_accounts", len(st.ServiceAccounts), "namespaces", len(st.Namespaces))
+	// A full update is rare (start-up, file rescans); single changes are too frequent to log.
+	if u.Full {
+		a.logger.Info("state updated", "objects", len(u.Changes))
+	} else {
+		a.logger.Debug("changes applied", "changes", len(u.Changes))
+	}
 }
 
 var errNotLoaded = errors.New("the first state has not been loaded yet")
