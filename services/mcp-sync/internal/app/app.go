@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"k8s.io/utils/clock"
@@ -18,6 +19,11 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/snapshot"
 	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/source"
 )
+
+// clusterViewDelay coalesces pod changes into citadel's whole-cluster view: at 100,000 pods a
+// rebuild copies every pod and a push sends them all, so it happens at most 10 times a second.
+// Node views are not delayed.
+const clusterViewDelay = 100 * time.Millisecond
 
 // App is a configured mcp-sync.
 type App struct {
@@ -51,7 +57,7 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := snapshot.New(snapshot.Config{Logger: logger, Metrics: m})
+	snaps, err := snapshot.New(snapshot.Config{Logger: logger, Metrics: m, ClusterDelay: clusterViewDelay})
 	if err != nil {
 		return nil, err
 	}

@@ -2,11 +2,16 @@ package snapshot
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"k8s.io/utils/clock"
 
 	"github.com/portcullis-mesh/portcullis/libs/mcpclient"
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
@@ -19,6 +24,12 @@ import (
 type Config struct {
 	Logger  *slog.Logger
 	Metrics *metrics.Metrics
+	// ClusterDelay coalesces the cluster view's pod changes: the view is rebuilt at most once per
+	// ClusterDelay, after the node views (copying 100,000 pods on every change would sit on every
+	// change's path, and so would sending them all to citadel). 0 rebuilds it with every update.
+	ClusterDelay time.Duration
+	// Clock runs the ClusterDelay timer; nil means the real clock.
+	Clock clock.WithDelayedExecution
 }
 
 // Manager keeps go-control-plane's snapshot cache in step with the source's changes and with the
@@ -41,6 +52,12 @@ type Manager struct {
 	objects [inventory.NumKinds]map[string]item // every object, by kind and name
 	shared  [inventory.NumKinds]*typeSet        // the sets every view shares (not Pod, KeySecret)
 	allPods *typeSet                            // the cluster view's pods
+	// epoch and podGeneration make the cluster pod set's version: unique per process (so a
+	// client that reconnects after a restart is sent the state again) and new on every change.
+	epoch         string
+	podGeneration uint64
+	// clusterDue is set while a delayed rebuild of the cluster view is scheduled.
+	clusterDue bool
 	nodes   map[string]*node
 	secrets *secretIndex
 	streams map[string]int       // open streams by node ID
@@ -60,6 +77,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Logger == nil || cfg.Metrics == nil {
 		return nil, errors.New("snapshot manager needs a logger and metrics")
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
 	m := &Manager{
 		cfg: cfg,
 		// ads=true: the cache answers a request that names resources only once the view holds
@@ -70,6 +90,7 @@ func New(cfg Config) (*Manager, error) {
 		streams: map[string]int{},
 		current: map[string]*Snapshot{},
 		allPods: emptySet,
+		epoch:   newEpoch(),
 	}
 	for k := range m.objects {
 		m.objects[k] = map[string]item{}
@@ -289,12 +310,32 @@ func (m *Manager) publishLocked(d *dirty, all bool) {
 		}
 		m.setLocked(name)
 	}
-	if all || d.kinds[inventory.Pod] || sharedChanged {
-		if all || d.kinds[inventory.Pod] {
-			m.allPods = newTypeSet(m.objects[inventory.Pod])
+	switch {
+	case all || (d.kinds[inventory.Pod] && m.cfg.ClusterDelay == 0):
+		m.rebuildClusterLocked()
+	case d.kinds[inventory.Pod]:
+		if !m.clusterDue {
+			m.clusterDue = true
+			m.cfg.Clock.AfterFunc(m.cfg.ClusterDelay, func() {
+				m.mu.Lock()
+				defer m.mu.Unlock()
+				m.rebuildClusterLocked()
+			})
 		}
+		if sharedChanged {
+			m.setLocked(mcpclient.ClusterNodeID)
+		}
+	case sharedChanged:
 		m.setLocked(mcpclient.ClusterNodeID)
 	}
+}
+
+// rebuildClusterLocked copies every pod into a new cluster set and publishes the cluster view.
+func (m *Manager) rebuildClusterLocked() {
+	m.clusterDue = false
+	m.podGeneration++
+	m.allPods = newVersionedSet(m.objects[inventory.Pod], fmt.Sprintf("%s-%d", m.epoch, m.podGeneration))
+	m.setLocked(mcpclient.ClusterNodeID)
 }
 
 // Acquire records that a stream subscribes as node. A node that connects before it has any pods
@@ -369,4 +410,11 @@ func (m *Manager) viewLocked(name string) *Snapshot {
 	}
 	s.sets[inventory.Pod], s.sets[inventory.KeySecret] = n.podSet, n.secretSet
 	return s
+}
+
+// newEpoch is a random identifier of this process's cluster pod versions.
+func newEpoch() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b) // never fails (crypto/rand panics rather than return an error since Go 1.24)
+	return hex.EncodeToString(b)
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 
@@ -94,7 +95,7 @@ var (
 // stream needs a response.
 type typeSet struct {
 	version string
-	items   []item // sorted by name
+	items   map[string]item // never modified
 
 	once       sync.Once
 	withTTLMap map[string]types.ResourceWithTTL
@@ -136,23 +137,28 @@ func newItem(name string, r types.Resource) (item, error) {
 	return item{name: name, resource: r, version: hex.EncodeToString(sum[:16])}, nil
 }
 
-// newTypeSet builds a set from items (which it does not keep); its version is a hash of the
-// names and content of its items, so it is the same for the same content and never empty (an
-// empty set has a version too, which is what lets a client that starts with version "" receive
-// an empty state).
+// newTypeSet builds a set from a copy of items; its version is a hash of the names and content
+// of its items, so it is the same for the same content and never empty (an empty set has a
+// version too, which is what lets a client that starts with version "" receive an empty state).
 func newTypeSet(items map[string]item) *typeSet {
-	ts := &typeSet{items: make([]item, 0, len(items))}
+	sorted := make([]item, 0, len(items))
 	for _, it := range items {
-		ts.items = append(ts.items, it)
+		sorted = append(sorted, it)
 	}
-	slices.SortFunc(ts.items, func(a, b item) int { return cmp.Compare(a.name, b.name) })
+	slices.SortFunc(sorted, func(a, b item) int { return cmp.Compare(a.name, b.name) })
 	h := sha256.New()
-	for _, it := range ts.items {
+	for _, it := range sorted {
 		h.Write([]byte(it.name))
 		h.Write([]byte{0})
 		h.Write([]byte(it.version))
 		h.Write([]byte{0})
 	}
-	ts.version = hex.EncodeToString(h.Sum(nil)[:16])
-	return ts
+	return &typeSet{items: maps.Clone(items), version: hex.EncodeToString(h.Sum(nil)[:16])}
+}
+
+// newVersionedSet builds a set from a copy of items with a given version. It is for the
+// cluster-wide pod set, where hashing and sorting 100,000 names on every pod change would put
+// tens of milliseconds on every change's path; its version is a generation number instead.
+func newVersionedSet(items map[string]item, version string) *typeSet {
+	return &typeSet{items: maps.Clone(items), version: version}
 }
