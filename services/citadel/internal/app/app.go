@@ -44,6 +44,8 @@ type App struct {
 	grpc    *grpc.Server
 	health  *health.Server
 	reg     *prometheus.Registry
+	// refreshKeys keeps remotely fetched token keys fresh (a no-op for a JWKS file).
+	refreshKeys func(context.Context) error
 }
 
 // New builds citadel from cfg. Nothing is served until Run.
@@ -52,21 +54,16 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := workloadtoken.LoadKeySet(cfg.TokenJWKSFile)
-	if err != nil {
-		return nil, err
-	}
 	clk := clock.RealClock{}
 	// A verified token is remembered this long (never past its expiry), so a change of the
 	// issuer's keys reaches citadel within it.
 	const verifiedTokenMaxAge = 5 * time.Minute
-	verifier, err := workloadtoken.NewVerifier(workloadtoken.VerifierConfig{
-		Issuer: cfg.TokenIssuer, Audiences: cfg.Audiences(), Keys: keys, Clock: clk,
-	})
+	verifier, refreshKeys, err := cfg.TokenKeys.NewVerifier(cfg.TokenIssuer, cfg.Audiences(), clk, logger)
 	if err != nil {
 		return nil, err
 	}
-	a := &App{cfg: cfg, logger: logger, pods: mcpclient.NewPods(), held: make(chan struct{}), reg: metrics.NewRegistry()}
+	a := &App{cfg: cfg, logger: logger, pods: mcpclient.NewPods(), held: make(chan struct{}), reg: metrics.NewRegistry(),
+		refreshKeys: refreshKeys}
 	kmsConn, err := a.dial(id, cfg.KMSAddr, servicetls.KMSAdapter)
 	if err != nil {
 		return nil, err
@@ -136,6 +133,7 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	})
 	g.Go(func() error { return a.bundles.Run(ctx) })
+	g.Go(func() error { return a.refreshKeys(ctx) })
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, a.grpc, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: a.ready, Logger: a.logger}.Run(ctx)

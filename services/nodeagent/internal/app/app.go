@@ -46,7 +46,9 @@ type App struct {
 	logger   *slog.Logger
 	reg      *prometheus.Registry
 	id       *servicetls.Identity
-	verifier *workloadtoken.Verifier
+	verifier workloadtoken.TokenVerifier
+	// refreshKeys keeps remotely fetched token keys fresh (a no-op for a JWKS file).
+	refreshKeys func(context.Context) error
 }
 
 // New loads the agent's credentials and checks them; nothing is started.
@@ -58,19 +60,13 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	if node, ok := servicetls.NodeOf(id.ID()); !ok || node != cfg.NodeName {
 		return nil, fmt.Errorf("certificate %s is not the node agent certificate of node %q", id.ID(), cfg.NodeName)
 	}
-	keys, err := workloadtoken.LoadKeySet(cfg.TokenJWKSFile)
-	if err != nil {
-		return nil, err
-	}
-	verifier, err := workloadtoken.NewVerifier(workloadtoken.VerifierConfig{
-		Issuer: cfg.TokenIssuer, Audiences: cfg.Audiences(), Keys: keys,
-	})
+	verifier, refreshKeys, err := cfg.TokenKeys.NewVerifier(cfg.TokenIssuer, cfg.Audiences(), nil, logger)
 	if err != nil {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &App{cfg: cfg, logger: logger, reg: reg, id: id, verifier: verifier}, nil
+	return &App{cfg: cfg, logger: logger, reg: reg, id: id, verifier: verifier, refreshKeys: refreshKeys}, nil
 }
 
 // Run serves until ctx ends or a part fails.
@@ -138,6 +134,7 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	})
 	g.Go(func() error { return manager.Run(ctx) })
+	g.Go(func() error { return a.refreshKeys(ctx) })
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, srv, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: ready, Logger: a.logger}.Run(ctx)
