@@ -58,10 +58,10 @@ type Manager struct {
 	podGeneration uint64
 	// clusterDue is set while a delayed rebuild of the cluster view is scheduled.
 	clusterDue bool
-	nodes   map[string]*node
-	secrets *secretIndex
-	streams map[string]int       // open streams by node ID
-	current map[string]*Snapshot // what the cache holds, by node ID
+	nodes      map[string]*node
+	secrets    *secretIndex
+	streams    map[string]int       // open streams by node ID
+	current    map[string]*Snapshot // what the cache holds, by node ID
 }
 
 // node is one node's share: its pods and the KeySecrets that select them.

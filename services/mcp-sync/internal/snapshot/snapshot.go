@@ -117,8 +117,8 @@ func (ts *typeSet) build() {
 }
 
 func (ts *typeSet) withTTL() map[string]types.ResourceWithTTL { ts.build(); return ts.withTTLMap }
-func (ts *typeSet) resources() map[string]types.Resource     { ts.build(); return ts.resMap }
-func (ts *typeSet) versions() map[string]string              { ts.build(); return ts.versionMap }
+func (ts *typeSet) resources() map[string]types.Resource      { ts.build(); return ts.resMap }
+func (ts *typeSet) versions() map[string]string               { ts.build(); return ts.versionMap }
 
 // item is one resource with its content hash, computed once per change and shared by every view
 // that includes it.
