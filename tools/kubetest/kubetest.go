@@ -237,3 +237,10 @@ func writeServiceAccountKey(dir string) (keyFile, pubFile string, err error) {
 	}
 	return keyFile, pubFile, os.WriteFile(pubFile, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o644)
 }
+
+// TokenFile writes user's bearer token to a file, for processes that read one (e.g.
+// -token-jwks-bearer-file).
+func (c *Cluster) TokenFile(user string) (string, error) {
+	path := filepath.Join(c.dir, "token-"+user)
+	return path, os.WriteFile(path, []byte(c.tokens[user]), 0o600)
+}

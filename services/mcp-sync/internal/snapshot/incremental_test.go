@@ -152,6 +152,7 @@ func TestClusterViewIsCoalesced(t *testing.T) {
 	if got := names(view(t, m, mcpclient.ClusterNodeID), mcpclient.PodTypeURL); !slices.Equal(got, []string{"shop/a1"}) {
 		t.Fatalf("the first update is not in the cluster view at once: %v", got)
 	}
+	// Changes right after a rebuild wait for the delay.
 	apply(t, m, false, set(pod("shop", "a2", "node-a"), inventory.Pod))
 	apply(t, m, false, set(pod("shop", "b1", "node-b"), inventory.Pod))
 	if got := names(view(t, m, "node-b"), mcpclient.PodTypeURL); !slices.Equal(got, []string{"shop/b1"}) {
@@ -163,5 +164,11 @@ func TestClusterViewIsCoalesced(t *testing.T) {
 	clk.Step(time.Second)
 	if got := names(view(t, m, mcpclient.ClusterNodeID), mcpclient.PodTypeURL); !slices.Equal(got, []string{"shop/a1", "shop/a2", "shop/b1"}) {
 		t.Errorf("cluster view after the delay = %v", got)
+	}
+	// After a quiet period, a change is applied at once.
+	clk.Step(time.Second)
+	apply(t, m, false, set(pod("shop", "c1", "node-c"), inventory.Pod))
+	if got := names(view(t, m, mcpclient.ClusterNodeID), mcpclient.PodTypeURL); len(got) != 4 {
+		t.Errorf("an isolated change waited: cluster view = %v", got)
 	}
 }

@@ -26,7 +26,8 @@ type Config struct {
 	Metrics *metrics.Metrics
 	// ClusterDelay coalesces the cluster view's pod changes: the view is rebuilt at most once per
 	// ClusterDelay, after the node views (copying 100,000 pods on every change would sit on every
-	// change's path, and so would sending them all to citadel). 0 rebuilds it with every update.
+	// change's path, and so would sending them all to citadel). A change after a quiet period is
+	// applied at once. 0 rebuilds it with every update.
 	ClusterDelay time.Duration
 	// Clock runs the ClusterDelay timer; nil means the real clock.
 	Clock clock.WithDelayedExecution
@@ -57,7 +58,8 @@ type Manager struct {
 	epoch         string
 	podGeneration uint64
 	// clusterDue is set while a delayed rebuild of the cluster view is scheduled.
-	clusterDue bool
+	clusterDue       bool
+	lastClusterBuild time.Time
 	nodes      map[string]*node
 	secrets    *secretIndex
 	streams    map[string]int       // open streams by node ID
@@ -310,16 +312,23 @@ func (m *Manager) publishLocked(d *dirty, all bool) {
 		}
 		m.setLocked(name)
 	}
+	// Throttled, leading and trailing: an isolated change reaches citadel at once (a new pod's
+	// first certificate request must not beat it there), a burst at most once per ClusterDelay.
+	now := m.cfg.Clock.Now()
+	sinceBuild := now.Sub(m.lastClusterBuild)
 	switch {
-	case all || (d.kinds[inventory.Pod] && m.cfg.ClusterDelay == 0):
-		m.rebuildClusterLocked()
+	case all || (d.kinds[inventory.Pod] && !m.clusterDue && sinceBuild >= m.cfg.ClusterDelay):
+		m.rebuildClusterLocked(now)
 	case d.kinds[inventory.Pod]:
 		if !m.clusterDue {
 			m.clusterDue = true
-			m.cfg.Clock.AfterFunc(m.cfg.ClusterDelay, func() {
+			wait := m.cfg.ClusterDelay - sinceBuild
+			due := now.Add(wait)
+			// The callback must not read the clock: a fake clock runs it holding its own lock.
+			m.cfg.Clock.AfterFunc(wait, func() {
 				m.mu.Lock()
 				defer m.mu.Unlock()
-				m.rebuildClusterLocked()
+				m.rebuildClusterLocked(due)
 			})
 		}
 		if sharedChanged {
@@ -331,8 +340,9 @@ func (m *Manager) publishLocked(d *dirty, all bool) {
 }
 
 // rebuildClusterLocked copies every pod into a new cluster set and publishes the cluster view.
-func (m *Manager) rebuildClusterLocked() {
+func (m *Manager) rebuildClusterLocked(now time.Time) {
 	m.clusterDue = false
+	m.lastClusterBuild = now
 	m.podGeneration++
 	m.allPods = newVersionedSet(m.objects[inventory.Pod], fmt.Sprintf("%s-%d", m.epoch, m.podGeneration))
 	m.setLocked(mcpclient.ClusterNodeID)
