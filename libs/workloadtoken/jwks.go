@@ -59,6 +59,8 @@ type RemoteVerifier struct {
 	mu      sync.RWMutex
 	current *Verifier
 	fetched time.Time
+	// tried is the last fetch Verify started, successful or not (rate limit).
+	tried time.Time
 }
 
 // NewRemoteVerifier checks cfg; it fetches nothing yet.
@@ -169,16 +171,19 @@ func (r *RemoteVerifier) get(ctx context.Context) (jose.JSONWebKeySet, error) {
 // does not verify triggers one refetch (rate-limited) and a second try.
 func (r *RemoteVerifier) Verify(raw string) (Workload, error) {
 	r.mu.RLock()
-	v, fetched := r.current, r.fetched
+	v := r.current
 	r.mu.RUnlock()
 	if v == nil {
 		if err := r.fetchNow(); err != nil {
-			return Workload{}, fmt.Errorf("%w: no issuer keys: %v", ErrSignature, err)
+			return Workload{}, fmt.Errorf("%w: no issuer keys yet: %v", ErrSignature, err)
 		}
-		return r.Verify(raw)
+		r.mu.RLock()
+		v = r.current
+		r.mu.RUnlock()
+		return v.Verify(raw)
 	}
 	w, err := v.Verify(raw)
-	if errors.Is(err, ErrSignature) && r.cfg.Clock.Since(fetched) >= r.cfg.MinRefetch {
+	if errors.Is(err, ErrSignature) {
 		if ferr := r.fetchNow(); ferr != nil {
 			return w, err
 		}
@@ -190,7 +195,19 @@ func (r *RemoteVerifier) Verify(raw string) (Workload, error) {
 	return w, err
 }
 
+var errRateLimited = errors.New("token keys were fetched moments ago")
+
+// fetchNow fetches unless Verify started a fetch less than MinRefetch ago, so that neither
+// tokens signed with unknown keys nor an unreachable issuer turn into a fetch per token.
 func (r *RemoteVerifier) fetchNow() error {
+	r.mu.Lock()
+	now := r.cfg.Clock.Now()
+	if !r.tried.IsZero() && now.Sub(r.tried) < r.cfg.MinRefetch || now.Sub(r.fetched) < r.cfg.MinRefetch {
+		r.mu.Unlock()
+		return errRateLimited
+	}
+	r.tried = now
+	r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return r.Fetch(ctx)
