@@ -60,10 +60,10 @@ type Manager struct {
 	// clusterDue is set while a delayed rebuild of the cluster view is scheduled.
 	clusterDue       bool
 	lastClusterBuild time.Time
-	nodes      map[string]*node
-	secrets    *secretIndex
-	streams    map[string]int       // open streams by node ID
-	current    map[string]*Snapshot // what the cache holds, by node ID
+	nodes            map[string]*node
+	secrets          *secretIndex
+	streams          map[string]int       // open streams by node ID
+	current          map[string]*Snapshot // what the cache holds, by node ID
 }
 
 // node is one node's share: its pods and the KeySecrets that select them.
