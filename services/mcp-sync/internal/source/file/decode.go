@@ -12,6 +12,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
@@ -24,6 +25,9 @@ type objects struct {
 	pods            []*mcpv1.Pod
 	serviceAccounts []*mcpv1.ServiceAccount
 	namespaces      []*mcpv1.Namespace
+	keySecrets      []*mcpv1.KeySecret
+	tlsPolicies     []*mcpv1.TLSPolicy
+	scopeConfigs    []*mcpv1.ScopeConfig
 }
 
 // decodeFile reads every document of one manifest file. JSON files hold one document; YAML files
@@ -73,6 +77,9 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 	}
 	if tm.Kind == "" {
 		return fmt.Errorf("%s: no kind", where)
+	}
+	if tm.APIVersion == convert.Group+"/"+convert.Version {
+		return o.decodeCustom(where, tm.Kind, asJSON)
 	}
 	if strings.Contains(tm.APIVersion, "/") {
 		logger.Debug("skipping manifest of another api group", "where", where, "api_version", tm.APIVersion, "kind", tm.Kind)
@@ -124,6 +131,38 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 		}
 	default:
 		logger.Debug("skipping manifest of an unserved kind", "where", where, "kind", tm.Kind)
+	}
+	return nil
+}
+
+// decodeCustom reads a Portcullis custom resource with the same checks the kube source applies.
+func (o *objects) decodeCustom(where, kind string, asJSON []byte) error {
+	var u unstructured.Unstructured
+	if err := u.UnmarshalJSON(asJSON); err != nil {
+		return fmt.Errorf("%s: decoding %s: %w", where, kind, err)
+	}
+	var err error
+	switch kind {
+	case "KeySecret":
+		var ks *mcpv1.KeySecret
+		if ks, err = convert.KeySecret(&u); err == nil {
+			o.keySecrets = append(o.keySecrets, ks)
+		}
+	case "TLSPolicy":
+		var p *mcpv1.TLSPolicy
+		if p, err = convert.TLSPolicy(&u); err == nil {
+			o.tlsPolicies = append(o.tlsPolicies, p)
+		}
+	case "ScopeConfig":
+		var sc *mcpv1.ScopeConfig
+		if sc, err = convert.ScopeConfig(&u); err == nil {
+			o.scopeConfigs = append(o.scopeConfigs, sc)
+		}
+	default:
+		return fmt.Errorf("%s: unknown kind %s in %s/%s", where, kind, convert.Group, convert.Version)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %s %s: %w", where, kind, u.GetName(), err)
 	}
 	return nil
 }
