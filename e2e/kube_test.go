@@ -205,6 +205,7 @@ func podToken(t *testing.T, c *kubetest.Cluster, name string) (string, stack.Pod
 // records the resources it is sent.
 type agentView struct {
 	mu        sync.Mutex
+	pushes    int // responses applied
 	resources map[string]proto.Message
 	newMsg    func() proto.Message
 }
@@ -220,8 +221,15 @@ func (v *agentView) Apply(rs []*anypb.Any) error {
 	}
 	v.mu.Lock()
 	v.resources = next
+	v.pushes++
 	v.mu.Unlock()
 	return nil
+}
+
+func (v *agentView) pushCount() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.pushes
 }
 
 func (v *agentView) names() []string {
@@ -347,7 +355,11 @@ spec:
 	t.Run("API server restarted mid-run loses no update", func(t *testing.T) {
 		// Created right before the stop: its watch event may or may not get out in time.
 		createPod(t, c, "web-2", "web", "node-a", map[string]string{"app": "web"})
+		scopePushes := scopesB.pushCount()
 		c.StopAPIServer()
+		// While it is down, mcp-sync serves its last state, also to an agent that connects now.
+		late := watchAs(t, s, "node-a", mcpclient.PodTypeURL, func() *mcpv1.Pod { return &mcpv1.Pod{} })
+		eventually(t, "a view served while the API server is down", func() bool { return slices.Contains(late.names(), "shop/web-0") })
 		if err := c.StartAPIServer(); err != nil {
 			t.Fatal(err)
 		}
@@ -356,6 +368,11 @@ spec:
 		eventually(t, "the views after the restart", func() bool {
 			return slices.Equal(podsA.names(), []string{"shop/web-0", "shop/web-2"}) && slices.Equal(podsB.names(), []string{"shop/api-1"})
 		})
+		// No ScopeConfig changed across the restart, so however client-go resumed (watch from the
+		// last resource version, or a relist), nothing was pushed again.
+		if got := scopesB.pushCount(); got != scopePushes {
+			t.Errorf("node-b got %d ScopeConfig pushes across the restart, want none", got-scopePushes)
+		}
 		// A pod created after the restart gets its SVID: the agents' keys still verify.
 		tok, p := podToken(t, c, "api-1")
 		if _, err := stack.FetchSVID(context.Background(), s.Socket("node-b"), sdsclient.Credential{Token: tok}, "sidecar~"+p.Key()); err != nil {
