@@ -265,7 +265,13 @@ func (m *Manager) countSecretLocked(d *dirty, pod *mcpv1.Pod, ks string, delta i
 	if pod.GetNodeName() == "" {
 		return
 	}
-	n := m.node(pod.GetNodeName())
+	n := m.nodes[pod.GetNodeName()]
+	if n == nil {
+		if delta < 0 {
+			return // nothing counted there
+		}
+		n = m.node(pod.GetNodeName())
+	}
 	before := n.secrets[ks]
 	if n.secrets[ks] += delta; n.secrets[ks] <= 0 {
 		delete(n.secrets, ks)
