@@ -48,6 +48,8 @@ type App struct {
 	reg     *prometheus.Registry
 	id      *servicetls.Identity
 	issuer  *issuer.Issuer
+	// refreshKeys keeps remotely fetched token keys fresh (a no-op for a JWKS file).
+	refreshKeys func(context.Context) error
 }
 
 // New builds citadel from cfg. Nothing is served until Run.
@@ -56,21 +58,16 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := workloadtoken.LoadKeySet(cfg.TokenJWKSFile)
-	if err != nil {
-		return nil, err
-	}
 	clk := clock.RealClock{}
 	// A verified token is remembered this long (never past its expiry), so a change of the
 	// issuer's keys reaches citadel within it.
 	const verifiedTokenMaxAge = 5 * time.Minute
-	verifier, err := workloadtoken.NewVerifier(workloadtoken.VerifierConfig{
-		Issuer: cfg.TokenIssuer, Audiences: cfg.Audiences(), Keys: keys, Clock: clk,
-	})
+	verifier, refreshKeys, err := cfg.TokenKeys.NewVerifier(cfg.TokenIssuer, cfg.Audiences(), clk, logger)
 	if err != nil {
 		return nil, err
 	}
-	a := &App{cfg: cfg, logger: logger, pods: mcpclient.NewPods(), held: make(chan struct{}), reg: metrics.NewRegistry()}
+	a := &App{cfg: cfg, logger: logger, pods: mcpclient.NewPods(), held: make(chan struct{}), reg: metrics.NewRegistry(),
+		refreshKeys: refreshKeys}
 	kmsConn, err := a.dial(id, cfg.KMSAddr, servicetls.KMSAdapter)
 	if err != nil {
 		return nil, err
@@ -149,6 +146,7 @@ func (a *App) Run(ctx context.Context) error {
 	} else {
 		a.logger.Warn("no -nats-url: rotation events are not followed; the bundle is polled every -bundle-refresh")
 	}
+	g.Go(func() error { return a.refreshKeys(ctx) })
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, a.grpc, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: a.ready, Logger: a.logger}.Run(ctx)

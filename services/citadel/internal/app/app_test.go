@@ -88,7 +88,7 @@ func TestAppServesOnceReady(t *testing.T) {
 
 	cfg := config.Config{
 		Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", KMSAddr: kmsAddr, MCPAddr: mcpAddr,
-		TokenIssuer: "https://issuer.test", TokenAudience: "other,portcullis", TokenJWKSFile: jwksFile,
+		TokenIssuer: "https://issuer.test", TokenAudience: "other,portcullis", TokenKeys: workloadtoken.KeySource{JWKSFile: jwksFile},
 		DefaultTTL: time.Hour, MaxTTL: 2 * time.Hour, CacheSize: 10, BundleRefresh: time.Minute,
 		TLS: issue("citadel", servicetls.Citadel),
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 )
 
 // Defaults follow Istio's (24h workload certificates, 90 days at most).
@@ -36,7 +37,7 @@ type Config struct {
 	MCPAddr       string
 	TokenIssuer   string
 	TokenAudience string // comma-separated
-	TokenJWKSFile string
+	TokenKeys     workloadtoken.KeySource
 	DefaultTTL    time.Duration
 	MaxTTL        time.Duration
 	CacheSize     int
@@ -55,7 +56,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MCPAddr, "mcp-addr", "", "mcp-sync gRPC address (required)")
 	fs.StringVar(&c.TokenIssuer, "token-issuer", "", `"iss" of workload tokens, e.g. the cluster's service-account issuer (required)`)
 	fs.StringVar(&c.TokenAudience, "token-audience", DefaultTokenAudience, "accepted workload token audiences, comma-separated")
-	fs.StringVar(&c.TokenJWKSFile, "token-jwks-file", "", "JWKS file with the token issuer's public keys (required)")
+	c.TokenKeys.RegisterFlags(fs)
 	fs.DurationVar(&c.DefaultTTL, "default-ttl", DefaultTTL, "workload certificate lifetime when the request asks for none")
 	fs.DurationVar(&c.MaxTTL, "max-ttl", DefaultMaxTTL, "longest workload certificate lifetime; longer requests are clamped")
 	fs.IntVar(&c.CacheSize, "cache-size", DefaultCacheSize, "most certificates kept in the issuance cache")
@@ -79,7 +80,9 @@ func (c *Config) Validate() error {
 	required("kms-addr", c.KMSAddr)
 	required("mcp-addr", c.MCPAddr)
 	required("token-issuer", c.TokenIssuer)
-	required("token-jwks-file", c.TokenJWKSFile)
+	if err := c.TokenKeys.Validate(); err != nil {
+		errs = append(errs, err)
+	}
 	if len(c.Audiences()) == 0 {
 		errs = append(errs, errors.New("-token-audience must name at least one audience"))
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 	"k8s.io/utils/clock"
@@ -18,6 +19,11 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/snapshot"
 	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/source"
 )
+
+// clusterViewDelay coalesces pod changes into citadel's whole-cluster view: at 100,000 pods a
+// rebuild copies every pod and a push sends them all, so it happens at most 10 times a second.
+// Node views are not delayed.
+const clusterViewDelay = 100 * time.Millisecond
 
 // App is a configured mcp-sync.
 type App struct {
@@ -43,13 +49,15 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 		Clock:        clock.RealClock{},
 		Errors:       m.SourceErrors,
 		LastGoodLoad: m.LastGoodLoad,
+		Malformed:    m.Malformed,
 		ManifestsDir: cfg.ManifestsDir,
 		Resync:       cfg.Resync,
+		Kubeconfig:   cfg.Kubeconfig,
 	})
 	if err != nil {
 		return nil, err
 	}
-	snaps, err := snapshot.New(snapshot.Config{Logger: logger, Metrics: m})
+	snaps, err := snapshot.New(snapshot.Config{Logger: logger, Metrics: m, ClusterDelay: clusterViewDelay})
 	if err != nil {
 		return nil, err
 	}
@@ -76,15 +84,20 @@ func (a *App) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
-func (a *App) apply(st source.State) {
-	if err := a.snapshots.Update(st); err != nil {
+func (a *App) apply(u source.Update) {
+	if err := a.snapshots.Apply(u); err != nil {
 		// The previous views stay in force; the next change retries.
 		a.logger.Error("updating snapshots, keeping the previous ones", "err", err)
 		a.metrics.SourceErrors.Inc()
 		return
 	}
 	a.server.SetReady()
-	a.logger.Info("state updated", "pods", len(st.Pods), "service_accounts", len(st.ServiceAccounts), "namespaces", len(st.Namespaces))
+	// A full update is rare (start-up, file rescans); single changes are too frequent to log.
+	if u.Full {
+		a.logger.Info("state updated", "objects", len(u.Changes))
+	} else {
+		a.logger.Debug("changes applied", "changes", len(u.Changes))
+	}
 }
 
 var errNotLoaded = errors.New("the first state has not been loaded yet")

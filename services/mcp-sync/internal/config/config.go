@@ -19,6 +19,7 @@ type Config struct {
 	Source       string
 	ManifestsDir string
 	Resync       time.Duration
+	Kubeconfig   string
 	TLS          servicetls.Files
 }
 
@@ -28,7 +29,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15011", "address of /metrics, /healthz and /readyz")
 	fs.StringVar(&c.Source, "source", "file", fmt.Sprintf("where cluster objects come from: %v", source.Names()))
 	fs.StringVar(&c.ManifestsDir, "manifests-dir", "", "directory of Kubernetes manifests (required for -source=file)")
-	fs.DurationVar(&c.Resync, "resync", 30*time.Second, "period of the full rescan of the source, a safety net for missed watch events")
+	fs.DurationVar(&c.Resync, "resync", 30*time.Second, "period of the file source's full rescan, a safety net for missed file events")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file for -source=kube; empty means the in-cluster service account")
 	c.TLS.RegisterFlags(fs)
 }
 
@@ -46,6 +48,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Source == "file" && c.ManifestsDir == "" {
 		errs = append(errs, errors.New("-manifests-dir is required with -source=file"))
+	}
+	if c.Kubeconfig != "" && c.Source != "kube" {
+		errs = append(errs, fmt.Errorf("-kubeconfig is only used with -source=kube, not -source=%s", c.Source))
 	}
 	if c.Resync <= 0 {
 		errs = append(errs, fmt.Errorf("-resync must be positive, got %s", c.Resync))

@@ -13,6 +13,7 @@ const (
 	SnapshotUpdatesName = "mcp_sync_snapshot_updates_total"
 	StreamsName         = "mcp_sync_streams"
 	LastGoodLoadName    = "mcp_sync_last_good_load_timestamp_seconds"
+	MalformedName       = "mcp_sync_malformed_objects"
 )
 
 // Label names and values.
@@ -21,7 +22,19 @@ const (
 	KindPod            = "pod"
 	KindServiceAccount = "service_account"
 	KindNamespace      = "namespace"
+	KindKeySecret      = "key_secret"
+	KindTLSPolicy      = "tls_policy"
+	KindScopeConfig    = "scope_config"
+	NamespaceLabel     = "namespace"
+	NameLabel          = "name"
 )
+
+// kindLabelValues are the kind label values by inventory.Kind.
+var kindLabelValues = []string{KindPod, KindServiceAccount, KindNamespace, KindKeySecret, KindTLSPolicy, KindScopeConfig}
+
+// KindLabelValue is the kind label value of an inventory.Kind (passed as its int value, so that
+// this package stays a leaf).
+func KindLabelValue(kind int) string { return kindLabelValues[kind] }
 
 // Metrics are mcp-sync's metrics. The zero value is not usable; use New.
 type Metrics struct {
@@ -30,6 +43,9 @@ type Metrics struct {
 	SnapshotUpdates prometheus.Counter
 	Streams         prometheus.Gauge
 	LastGoodLoad    prometheus.Gauge
+	// Malformed is 1 for each object the source skips as malformed, by kind, namespace and name;
+	// the series goes away when the object is fixed or deleted.
+	Malformed *prometheus.GaugeVec
 }
 
 // New creates the metrics and registers them on reg.
@@ -56,7 +72,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "Unix time of the last load that read the whole source without error.",
 		}),
 	}
-	reg.MustRegister(m.Objects, m.SourceErrors, m.SnapshotUpdates, m.Streams, m.LastGoodLoad)
+	m.Malformed = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: MalformedName,
+		Help: "Objects skipped because they are malformed (1 per object), by kind, namespace and name.",
+	}, []string{KindLabel, NamespaceLabel, NameLabel})
+	reg.MustRegister(m.Objects, m.SourceErrors, m.SnapshotUpdates, m.Streams, m.LastGoodLoad, m.Malformed)
 	return m
 }
 

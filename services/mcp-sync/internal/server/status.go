@@ -14,7 +14,8 @@ const clusterNodeID = mcpclient.ClusterNodeID
 // wait forever for a response that never comes.
 func servedType(typeURL string) bool {
 	switch typeURL {
-	case mcpclient.PodTypeURL, mcpclient.ServiceAccountTypeURL, mcpclient.NamespaceTypeURL:
+	case mcpclient.PodTypeURL, mcpclient.ServiceAccountTypeURL, mcpclient.NamespaceTypeURL,
+		mcpclient.KeySecretTypeURL, mcpclient.TLSPolicyTypeURL, mcpclient.ScopeConfigTypeURL:
 		return true
 	}
 	return false

@@ -11,7 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/source/file"
+	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/source/kube"
 )
 
 // Options carries what any source may need; each source takes the fields it uses.
@@ -22,11 +26,15 @@ type Options struct {
 	Errors prometheus.Counter
 	// LastGoodLoad is set to the time of the last load that read the whole input without error.
 	LastGoodLoad prometheus.Gauge
+	// Malformed names the objects skipped as malformed (labels kind, namespace, name).
+	Malformed *prometheus.GaugeVec
 
 	// ManifestsDir is the directory the file source reads.
 	ManifestsDir string
 	// Resync is the period of the file source's full rescan.
 	Resync time.Duration
+	// Kubeconfig is the kube source's kubeconfig file; empty means the in-cluster config.
+	Kubeconfig string
 }
 
 type builder func(Options) (Source, error)
@@ -34,12 +42,35 @@ type builder func(Options) (Source, error)
 // builders is the one place a source is chosen by name.
 var builders = map[string]builder{
 	"file": func(o Options) (Source, error) {
-		return file.New(file.Config{
+		s, err := file.New(file.Config{
 			Dir:          o.ManifestsDir,
 			Resync:       o.Resync,
 			Logger:       o.Logger,
 			Clock:        o.Clock,
 			Errors:       o.Errors,
+			LastGoodLoad: o.LastGoodLoad,
+		})
+		if err != nil {
+			return nil, err
+		}
+		return fullStateSource{run: s.Run}, nil
+	},
+	"kube": func(o Options) (Source, error) {
+		// An empty path falls back to the in-cluster config (the pod's service account).
+		cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client config: %w", err)
+		}
+		cfg.UserAgent = "portcullis-mcp-sync"
+		dyn, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
+		return kube.New(kube.Config{
+			Dynamic:      dyn,
+			Logger:       o.Logger,
+			Errors:       o.Errors,
+			Malformed:    o.Malformed,
 			LastGoodLoad: o.LastGoodLoad,
 		})
 	},

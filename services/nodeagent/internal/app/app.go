@@ -48,7 +48,9 @@ type App struct {
 	logger   *slog.Logger
 	reg      *prometheus.Registry
 	id       *servicetls.Identity
-	verifier *workloadtoken.Verifier
+	verifier workloadtoken.TokenVerifier
+	// refreshKeys keeps remotely fetched token keys fresh (a no-op for a JWKS file).
+	refreshKeys func(context.Context) error
 }
 
 // New loads the agent's credentials and checks them; nothing is started.
@@ -60,19 +62,13 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	if node, ok := servicetls.NodeOf(id.ID()); !ok || node != cfg.NodeName {
 		return nil, fmt.Errorf("certificate %s is not the node agent certificate of node %q", id.ID(), cfg.NodeName)
 	}
-	keys, err := workloadtoken.LoadKeySet(cfg.TokenJWKSFile)
-	if err != nil {
-		return nil, err
-	}
-	verifier, err := workloadtoken.NewVerifier(workloadtoken.VerifierConfig{
-		Issuer: cfg.TokenIssuer, Audiences: cfg.Audiences(), Keys: keys,
-	})
+	verifier, refreshKeys, err := cfg.TokenKeys.NewVerifier(cfg.TokenIssuer, cfg.Audiences(), nil, logger)
 	if err != nil {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &App{cfg: cfg, logger: logger, reg: reg, id: id, verifier: verifier}, nil
+	return &App{cfg: cfg, logger: logger, reg: reg, id: id, verifier: verifier, refreshKeys: refreshKeys}, nil
 }
 
 // Run serves until ctx ends or a part fails.
@@ -147,6 +143,7 @@ func (a *App) Run(ctx context.Context) error {
 	} else {
 		a.logger.Warn("no -nats-url: rotation events are not followed; the bundle is polled every -bundle-refresh and certificates renew on their timers")
 	}
+	g.Go(func() error { return a.refreshKeys(ctx) })
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, srv, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: ready, Logger: a.logger}.Run(ctx)

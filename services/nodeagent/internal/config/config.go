@@ -13,6 +13,7 @@ import (
 
 	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
 
@@ -29,7 +30,7 @@ type Config struct {
 	AdminListen   string
 	TokenIssuer   string
 	TokenAudience string
-	TokenJWKSFile string
+	TokenKeys     workloadtoken.KeySource
 	CertTTL       time.Duration
 	KeyType       string
 	RenewJitter   float64
@@ -50,7 +51,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15020", "address of /metrics, /healthz and /readyz")
 	fs.StringVar(&c.TokenIssuer, "token-issuer", "", "issuer (iss) of workload tokens")
 	fs.StringVar(&c.TokenAudience, "token-audience", "portcullis", "accepted token audiences, comma-separated")
-	fs.StringVar(&c.TokenJWKSFile, "token-jwks-file", "", "JWKS of the workload token issuer")
+	c.TokenKeys.RegisterFlags(fs)
 	fs.DurationVar(&c.CertTTL, "cert-ttl", 24*time.Hour, "requested workload certificate lifetime")
 	fs.StringVar(&c.KeyType, "key-type", string(secrets.ECDSAP256), "workload key type: ecdsa-p256 or rsa-2048")
 	fs.Float64Var(&c.RenewJitter, "renew-jitter", secrets.DefaultJitter, "renewal jitter as a fraction of lifetime, around the half-life")
@@ -73,9 +74,10 @@ func (c *Config) Validate() error {
 	if _, err := c.Mode(); err != nil {
 		errs = append(errs, err)
 	}
-	if c.TokenIssuer == "" || c.TokenJWKSFile == "" {
-		errs = append(errs, errors.New("-token-issuer and -token-jwks-file are required"))
+	if c.TokenIssuer == "" {
+		errs = append(errs, errors.New("-token-issuer is required"))
 	}
+	errs = append(errs, c.TokenKeys.Validate())
 	if len(c.Audiences()) == 0 {
 		errs = append(errs, errors.New("-token-audience is required"))
 	}

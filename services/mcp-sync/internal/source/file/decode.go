@@ -12,21 +12,22 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
+	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/source/convert"
 )
-
-// defaultName is what Kubernetes fills in for an empty namespace and an empty service account.
-const defaultName = "default"
 
 // objects are the supported objects of one manifest file, in document order.
 type objects struct {
 	pods            []*mcpv1.Pod
 	serviceAccounts []*mcpv1.ServiceAccount
 	namespaces      []*mcpv1.Namespace
+	keySecrets      []*mcpv1.KeySecret
+	tlsPolicies     []*mcpv1.TLSPolicy
+	scopeConfigs    []*mcpv1.ScopeConfig
 }
 
 // decodeFile reads every document of one manifest file. JSON files hold one document; YAML files
@@ -77,6 +78,9 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 	if tm.Kind == "" {
 		return fmt.Errorf("%s: no kind", where)
 	}
+	if tm.APIVersion == convert.Group+"/"+convert.Version {
+		return o.decodeCustom(where, tm.Kind, asJSON)
+	}
 	if strings.Contains(tm.APIVersion, "/") {
 		logger.Debug("skipping manifest of another api group", "where", where, "api_version", tm.APIVersion, "kind", tm.Kind)
 		return nil
@@ -90,7 +94,7 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 		if err := yaml.UnmarshalStrict(doc, &pod); err != nil {
 			return fmt.Errorf("%s: decoding Pod: %w", where, err)
 		}
-		p, err := convertPod(&pod)
+		p, err := convert.Pod(&pod)
 		if err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
@@ -100,7 +104,7 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 		if err := yaml.UnmarshalStrict(doc, &sa); err != nil {
 			return fmt.Errorf("%s: decoding ServiceAccount: %w", where, err)
 		}
-		s, err := convertServiceAccount(&sa)
+		s, err := convert.ServiceAccount(&sa)
 		if err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
@@ -110,7 +114,7 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 		if err := yaml.UnmarshalStrict(doc, &ns); err != nil {
 			return fmt.Errorf("%s: decoding Namespace: %w", where, err)
 		}
-		n, err := convertNamespace(&ns)
+		n, err := convert.Namespace(&ns)
 		if err != nil {
 			return fmt.Errorf("%s: %w", where, err)
 		}
@@ -131,70 +135,34 @@ func (o *objects) decodeDocument(where string, doc []byte, logger *slog.Logger) 
 	return nil
 }
 
-func convertPod(pod *corev1.Pod) (*mcpv1.Pod, error) {
-	ns := pod.Namespace
-	if ns == "" {
-		ns = defaultName
+// decodeCustom reads a Portcullis custom resource with the same checks the kube source applies.
+func (o *objects) decodeCustom(where, kind string, asJSON []byte) error {
+	var u unstructured.Unstructured
+	if err := u.UnmarshalJSON(asJSON); err != nil {
+		return fmt.Errorf("%s: decoding %s: %w", where, kind, err)
 	}
-	if err := checkName("Pod", pod.Name, validation.IsDNS1123Subdomain); err != nil {
-		return nil, err
+	var err error
+	switch kind {
+	case "KeySecret":
+		var ks *mcpv1.KeySecret
+		if ks, err = convert.KeySecret(&u); err == nil {
+			o.keySecrets = append(o.keySecrets, ks)
+		}
+	case "TLSPolicy":
+		var p *mcpv1.TLSPolicy
+		if p, err = convert.TLSPolicy(&u); err == nil {
+			o.tlsPolicies = append(o.tlsPolicies, p)
+		}
+	case "ScopeConfig":
+		var sc *mcpv1.ScopeConfig
+		if sc, err = convert.ScopeConfig(&u); err == nil {
+			o.scopeConfigs = append(o.scopeConfigs, sc)
+		}
+	default:
+		return fmt.Errorf("%s: unknown kind %s in %s/%s", where, kind, convert.Group, convert.Version)
 	}
-	if err := checkName("Pod "+pod.Name+" namespace", ns, validation.IsDNS1123Label); err != nil {
-		return nil, err
-	}
-	sa := pod.Spec.ServiceAccountName
-	if sa == "" {
-		sa = pod.Spec.DeprecatedServiceAccount // still honoured by the API server
-	}
-	if sa == "" {
-		sa = defaultName
-	}
-	return &mcpv1.Pod{
-		Name:           ns + "/" + pod.Name,
-		Namespace:      ns,
-		PodName:        pod.Name,
-		Uid:            string(pod.UID),
-		NodeName:       pod.Spec.NodeName,
-		ServiceAccount: sa,
-		Labels:         pod.Labels,
-		PodIp:          pod.Status.PodIP,
-	}, nil
-}
-
-func convertServiceAccount(sa *corev1.ServiceAccount) (*mcpv1.ServiceAccount, error) {
-	ns := sa.Namespace
-	if ns == "" {
-		ns = defaultName
-	}
-	if err := checkName("ServiceAccount", sa.Name, validation.IsDNS1123Subdomain); err != nil {
-		return nil, err
-	}
-	if err := checkName("ServiceAccount "+sa.Name+" namespace", ns, validation.IsDNS1123Label); err != nil {
-		return nil, err
-	}
-	return &mcpv1.ServiceAccount{
-		Name:           ns + "/" + sa.Name,
-		Namespace:      ns,
-		ServiceAccount: sa.Name,
-		Uid:            string(sa.UID),
-	}, nil
-}
-
-func convertNamespace(ns *corev1.Namespace) (*mcpv1.Namespace, error) {
-	if err := checkName("Namespace", ns.Name, validation.IsDNS1123Label); err != nil {
-		return nil, err
-	}
-	return &mcpv1.Namespace{Name: ns.Name, Uid: string(ns.UID), Labels: ns.Labels}, nil
-}
-
-// checkName rejects what the API server would reject; a name with a "/" would also break the
-// "<namespace>/<name>" resource names.
-func checkName(what, name string, valid func(string) []string) error {
-	if name == "" {
-		return fmt.Errorf("%s has no metadata.name", what)
-	}
-	if errs := valid(name); len(errs) > 0 {
-		return fmt.Errorf("%s name %q is invalid: %s", what, name, strings.Join(errs, "; "))
+	if err != nil {
+		return fmt.Errorf("%s: %s %s: %w", where, kind, u.GetName(), err)
 	}
 	return nil
 }

@@ -125,3 +125,41 @@ func TestDecodeFileErrorsNameFileAndDocument(t *testing.T) {
 		})
 	}
 }
+
+func TestDecodeFileReadsPortcullisResources(t *testing.T) {
+	const data = `
+apiVersion: security.portcullis.dev/v1alpha1
+kind: KeySecret
+metadata: {name: api, namespace: shop}
+spec: {selector: {matchLabels: {app: web}}, data: {token: c2VjcmV0}}
+---
+apiVersion: security.portcullis.dev/v1alpha1
+kind: TLSPolicy
+metadata: {name: strict, namespace: shop}
+spec: {serverMode: STRICT}
+---
+apiVersion: security.portcullis.dev/v1alpha1
+kind: ScopeConfig
+metadata: {name: canary, namespace: shop}
+spec: {selector: {matchLabels: {app: web}}, policy: strict}
+`
+	got, err := decodeFile("dir/crs.yaml", []byte(data), discard)
+	if err != nil {
+		t.Fatalf("decodeFile: %v", err)
+	}
+	if len(got.keySecrets) != 1 || string(got.keySecrets[0].GetData()["token"]) != "secret" ||
+		len(got.tlsPolicies) != 1 || got.tlsPolicies[0].GetServerMode() != mcpv1.TLSPolicy_SERVER_MODE_STRICT ||
+		len(got.scopeConfigs) != 1 || got.scopeConfigs[0].GetPolicy() != "strict" {
+		t.Fatalf("decoded %+v", got)
+	}
+	// A malformed resource rejects the file, naming the object, like any broken manifest.
+	_, err = decodeFile("dir/bad.yaml", []byte(`
+apiVersion: security.portcullis.dev/v1alpha1
+kind: TLSPolicy
+metadata: {name: loose, namespace: shop}
+spec: {serverMode: SOMETIMES}
+`), discard)
+	if err == nil || !strings.Contains(err.Error(), "TLSPolicy loose") {
+		t.Fatalf("err = %v, want one naming TLSPolicy loose", err)
+	}
+}

@@ -344,10 +344,28 @@ func (s *Source) merge() inventory.State {
 				out.Namespaces = append(out.Namespaces, o)
 			}
 		}
+		for _, o := range g.keySecrets {
+			if keep("KeySecret", o.GetName(), p) {
+				out.KeySecrets = append(out.KeySecrets, o)
+			}
+		}
+		for _, o := range g.tlsPolicies {
+			if keep("TLSPolicy", o.GetName(), p) {
+				out.TLSPolicies = append(out.TLSPolicies, o)
+			}
+		}
+		for _, o := range g.scopeConfigs {
+			if keep("ScopeConfig", o.GetName(), p) {
+				out.ScopeConfigs = append(out.ScopeConfigs, o)
+			}
+		}
 	}
 	sortByName(out.Pods)
 	sortByName(out.ServiceAccounts)
 	sortByName(out.Namespaces)
+	sortByName(out.KeySecrets)
+	sortByName(out.TLSPolicies)
+	sortByName(out.ScopeConfigs)
 	return out
 }
 
