@@ -65,7 +65,7 @@ func startKMSAdapter(tb testing.TB, srv *vaulttest.Server, mode string) *kmsAdap
 	}
 	cfg := config.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Backend: "vault",
 		StateDir: filepath.Join(dir, "kms"), DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour,
-		RootTTL: 8760 * time.Hour, TLS: serverFiles,
+		RootTTL: 8760 * time.Hour, TLS: serverFiles, ExpiryWarning: time.Hour,
 		Vault: config.Vault{Addr: srv.Addr, Mount: pki.Mount, Role: pki.Role, Mode: mode, IntermediateTTL: 720 * time.Hour,
 			Auth: "token", TokenFile: vaulttest.WriteFile(tb, "token", srv.RootToken)}}
 	if err := cfg.Validate(); err != nil {
