@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+
+	"github.com/portcullis-mesh/portcullis/libs/workspace"
 )
 
 // Environment variables that name the server binaries; `go tool task test` sets them.
@@ -46,24 +48,8 @@ func executable(path, from string) (string, error) {
 	return path, nil
 }
 
-// RepoRoot is the directory holding go.work, found from the working directory upwards (tests
-// run in their package's directory).
-func RepoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("no go.work above the working directory")
-		}
-		dir = parent
-	}
-}
+// RepoRoot is the directory holding go.work (see libs/workspace).
+func RepoRoot() (string, error) { return workspace.Root() }
 
 // ChartCRDs is the directory of the Portcullis CRDs in the chart.
 func ChartCRDs() (string, error) {

@@ -13,7 +13,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -25,6 +24,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/portcullis-mesh/portcullis/libs/workspace"
 )
 
 // EnvBinary names the Vault binary; the test task sets it. Without it the cached build in
@@ -67,7 +68,7 @@ func Binary(t testing.TB) string {
 		}
 		return bin
 	}
-	root, err := repoRoot()
+	root, err := workspace.Root()
 	if err != nil {
 		t.Fatalf("finding the vault binary: %v; build it with `go tool task vault:build` or set %s", err, EnvBinary)
 	}
@@ -80,24 +81,6 @@ func Binary(t testing.TB) string {
 		t.Fatalf("vault binary %s is missing: build it with `go tool task vault:build` (about 20 minutes the first time), or set %s", bin, EnvBinary)
 	}
 	return bin
-}
-
-// repoRoot is the nearest directory above the working directory that holds go.work.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.work")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("no go.work above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // buildKey must match VAULT_KEY in Taskfile.yml: the first 16 hex digits of the SHA-256 of
