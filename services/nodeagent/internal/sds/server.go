@@ -40,7 +40,7 @@ type Authenticator interface {
 type Secrets interface {
 	Certificate(ctx context.Context, id spiffeid.ID, token string) (*secrets.Certificate, error)
 	Roots(ctx context.Context) ([]*x509.Certificate, error)
-	Subscribe(id spiffeid.ID) *secrets.Subscription
+	SubscribeFunc(id spiffeid.ID, onChange func()) *secrets.Subscription
 	Unsubscribe(s *secrets.Subscription)
 }
 
@@ -140,22 +140,3 @@ func streamEnded(err error) bool {
 	return errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled
 }
 
-// receive pumps requests from recv into a channel until the stream ends.
-func receive[T any](ctx context.Context, recv func() (T, error)) (<-chan T, <-chan error) {
-	reqs, errc := make(chan T), make(chan error, 1)
-	go func() {
-		for {
-			r, err := recv()
-			if err != nil {
-				errc <- err
-				return
-			}
-			select {
-			case reqs <- r:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	return reqs, errc
-}

@@ -3,6 +3,7 @@ package sds
 import (
 	"context"
 	"errors"
+	"sync"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
@@ -18,77 +19,79 @@ type request interface {
 // errPeerLeft ends a stream without an error: the sidecar closed it.
 var errPeerLeft = errors.New("peer closed the stream")
 
-// session is an authenticated SDS stream: who is calling, what tells it about changes, and its
-// incoming requests.
-type session[R request] struct {
-	caller identity.Caller
-	sub    *secrets.Subscription
-	reqs   <-chan R
-	errc   <-chan error
-}
-
-// startSession waits for the first request, authenticates its caller and subscribes to the
-// caller's secrets. The caller must call end.
-func startSession[R request](ctx context.Context, s *Server, recv func() (R, error)) (*session[R], R, error) {
-	var zero R
-	reqs, errc := receive(ctx, recv)
-	ss := &session[R]{reqs: reqs, errc: errc}
-	first, err := ss.wait(ctx, nil)
-	if err != nil {
-		return nil, zero, err
-	}
-	if ss.caller, err = s.authenticate(ctx, first.GetNode()); err != nil {
-		return nil, zero, s.toStatus(err)
-	}
-	ss.sub = s.cfg.Secrets.Subscribe(ss.caller.ID)
-	return ss, first, nil
-}
-
-func (ss *session[R]) end(s *Server) { s.cfg.Secrets.Unsubscribe(ss.sub) }
-
-// wait returns the next request, or the zero request when what the stream watches changed
-// (changes is nil before the stream is authenticated). It returns errPeerLeft when the stream ends.
-func (ss *session[R]) wait(ctx context.Context, changes <-chan struct{}) (R, error) {
-	var zero R
-	select {
-	case r := <-ss.reqs:
-		return r, nil
-	case <-changes:
-		return zero, nil
-	case err := <-ss.errc:
-		if streamEnded(err) {
-			return zero, errPeerLeft
-		}
-		return zero, err
-	case <-ctx.Done():
-		return zero, errPeerLeft
-	}
-}
-
-// serveSession runs a stream: f answers the current state after each request (or change) and
-// may return an error to end the stream with it.
+// serveSession runs a stream: f answers the current state after each request, and after each
+// change of what the stream watches (with the zero request); it may return an error to end the
+// stream with it.
+//
+// A stream costs one goroutine, the handler's, blocked in recv: changes are pushed from the
+// subscription's callback, under the session's lock (gRPC allows one sender beside one
+// receiver). A push that fails cannot end the stream while the handler waits in recv, so its
+// error ends the stream at the sidecar's next request (or the stream ends when the sidecar
+// leaves); until then the sidecar keeps what it was last sent.
 func serveSession[R request](s *Server, ctx context.Context, recv func() (R, error), f func(caller identity.Caller, req R) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	s.cfg.Observe.StreamOpened()
 	defer s.cfg.Observe.StreamClosed()
-	ss, req, err := startSession(ctx, s, recv)
+	first, err := recv()
 	if err != nil {
 		return ignorePeerLeft(err)
 	}
-	defer ss.end(s)
-	for {
-		if err := f(ss.caller, req); err != nil {
+	caller, err := s.authenticate(ctx, first.GetNode())
+	if err != nil {
+		return s.toStatus(err)
+	}
+	var (
+		mu      sync.Mutex
+		ended   bool
+		pushErr error
+		zero    R
+		sub     *secrets.Subscription
+	)
+	push := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		select {
+		case <-sub.C: // taken before building: a change during the push pushes again
+		default:
+		}
+		if ended || pushErr != nil {
+			return
+		}
+		if err := f(caller, zero); err != nil {
+			pushErr = err
+			s.cfg.Logger.Warn("pushing an update failed; the stream ends at the sidecar's next request",
+				"spiffe_id", caller.ID.String(), "err", err)
+		}
+	}
+	mu.Lock() // a push can only start once sub is set
+	sub = s.cfg.Secrets.SubscribeFunc(caller.ID, push)
+	mu.Unlock()
+	defer func() {
+		s.cfg.Secrets.Unsubscribe(sub)
+		mu.Lock()
+		ended = true
+		mu.Unlock()
+	}()
+	for req := first; ; {
+		mu.Lock()
+		err := pushErr
+		if err == nil {
+			err = f(caller, req)
+		}
+		mu.Unlock()
+		if err != nil {
 			return err
 		}
-		if req, err = ss.wait(ctx, ss.sub.C); err != nil {
-			return ignorePeerLeft(err)
+		if req, err = recv(); err != nil {
+			if streamEnded(err) || ctx.Err() != nil {
+				return nil
+			}
+			return err
 		}
 	}
 }
 
 func ignorePeerLeft(err error) error {
-	if errors.Is(err, errPeerLeft) {
+	if errors.Is(err, errPeerLeft) || streamEnded(err) {
 		return nil
 	}
 	return err

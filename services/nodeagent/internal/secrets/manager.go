@@ -111,9 +111,14 @@ type entry struct {
 }
 
 // Subscription is told (on C, coalesced) when its identity's certificate or the bundle changes.
+// With a callback (SubscribeFunc), C holds the pending notification and the callback runs on a
+// goroutine of its own, once per pending notification: the callback drains C before it looks at
+// what changed, so a change made while it runs starts another run.
 type Subscription struct {
 	ID spiffeid.ID
 	C  chan struct{}
+
+	onChange func()
 }
 
 // New builds a Manager; call Run to keep the bundle fresh.
@@ -137,6 +142,16 @@ func (m *Manager) Subscribe(id spiffeid.ID) *Subscription {
 	return s
 }
 
+// SubscribeFunc is Subscribe with a callback instead of a goroutine waiting on C: an SDS stream
+// then needs no goroutine of its own to hear about changes.
+func (m *Manager) SubscribeFunc(id spiffeid.ID, onChange func()) *Subscription {
+	s := &Subscription{ID: id, C: make(chan struct{}, 1), onChange: onChange}
+	m.mu.Lock()
+	m.subs[s] = struct{}{}
+	m.mu.Unlock()
+	return s
+}
+
 // Unsubscribe removes s.
 func (m *Manager) Unsubscribe(s *Subscription) {
 	m.mu.Lock()
@@ -150,7 +165,10 @@ func (m *Manager) notifyLocked(id spiffeid.ID) {
 		if id.IsZero() || s.ID == id {
 			select {
 			case s.C <- struct{}{}:
-			default:
+				if s.onChange != nil {
+					go s.onChange()
+				}
+			default: // a notification is already pending
 			}
 		}
 	}
