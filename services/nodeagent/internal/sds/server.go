@@ -139,4 +139,3 @@ func nonce(n uint64) string { return strconv.FormatUint(n, 10) }
 func streamEnded(err error) bool {
 	return errors.Is(err, io.EOF) || status.Code(err) == codes.Canceled
 }
-
