@@ -9,6 +9,9 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/utils/clock"
+
+	"github.com/portcullis-mesh/portcullis/libs/events"
 
 	eventsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/events/v1"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/trustbundle"
@@ -35,10 +38,6 @@ type Handler struct {
 	// (kms-adapter may answer before the change is visible to every reader); 0 means 200ms.
 	RetryDelay time.Duration
 }
-
-// bundleAttempts bounds refetches for one event: the version an event names is not trusted, so a
-// forged one can cause at most this many fetches.
-const bundleAttempts = 8
 
 // Handle implements the events.SubscriberConfig Handle contract.
 func (h *Handler) Handle(ctx context.Context, e *eventsv1.Event) {
@@ -81,23 +80,15 @@ func (h *Handler) refresh(ctx context.Context, want uint64) {
 	if delay == 0 {
 		delay = 200 * time.Millisecond
 	}
-	for attempt := 1; ; attempt++ {
+	err := events.UntilVersion(ctx, clock.RealClock{}, want, delay, func(ctx context.Context) (uint64, error) {
 		b, err := h.Bundles.Refresh(ctx)
-		if err == nil && b.Version >= want {
-			return
+		if err != nil {
+			return 0, err
 		}
-		if attempt == bundleAttempts {
-			h.Logger.Warn("trust bundle did not reach the version an event announced; the periodic refresh continues",
-				"want_version", want, "err", err)
-			return
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		delay = min(2*delay, 5*time.Second)
+		return b.Version, nil
+	})
+	if err != nil && ctx.Err() == nil {
+		h.Logger.Warn("trust bundle did not reach the version an event announced; the periodic refresh continues",
+			"want_version", want, "err", err)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/portcullis-mesh/portcullis/libs/events"
 )
 
 // RotationObserver is told how rotation events are applied; metrics implement it.
@@ -41,28 +43,14 @@ func (m *Manager) BundleVersion() uint64 {
 // least want or the attempts are spent.
 func (m *Manager) RefreshBundle(ctx context.Context, kind string, want uint64, retryDelay time.Duration) error {
 	c := &cause{kind: kind, at: m.cfg.Clock.Now()}
-	const (
-		attempts = 8
-		maxDelay = 5 * time.Second
-	)
-	var err error
-	for attempt := 1; ; attempt++ {
-		if _, err = m.refreshBundle(ctx); err == nil && m.BundleVersion() >= want {
-			m.applied(c)
-			return nil
-		}
-		if attempt == attempts || ctx.Err() != nil {
-			return err
-		}
-		t := m.cfg.Clock.NewTimer(retryDelay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return ctx.Err()
-		case <-t.C():
-		}
-		retryDelay = min(2*retryDelay, maxDelay)
+	err := events.UntilVersion(ctx, m.cfg.Clock, want, retryDelay, func(ctx context.Context) (uint64, error) {
+		_, err := m.refreshBundle(ctx)
+		return m.BundleVersion(), err
+	})
+	if err == nil {
+		m.applied(c)
 	}
+	return err
 }
 
 // Rotate re-issues id's certificate at a random moment within the next `within` (at once if
