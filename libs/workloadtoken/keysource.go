@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"log/slog"
+	"strings"
 
 	"k8s.io/utils/clock"
 )
@@ -61,4 +62,15 @@ func (k *KeySource) NewVerifier(issuer string, audiences []string, clk clock.Pas
 		return nil, nil, err
 	}
 	return fv, func(context.Context) error { return nil }, nil
+}
+
+// SplitAudiences splits a comma-separated -token-audience value, dropping empty entries.
+func SplitAudiences(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
 }

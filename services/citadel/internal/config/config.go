@@ -111,12 +111,4 @@ func (c *Config) Validate() error {
 }
 
 // Audiences splits -token-audience.
-func (c *Config) Audiences() []string {
-	var out []string
-	for _, a := range strings.Split(c.TokenAudience, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			out = append(out, a)
-		}
-	}
-	return out
-}
+func (c *Config) Audiences() []string { return workloadtoken.SplitAudiences(c.TokenAudience) }

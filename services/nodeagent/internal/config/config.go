@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/portcullis-mesh/portcullis/libs/events"
@@ -111,12 +110,4 @@ func (c *Config) Mode() (os.FileMode, error) {
 }
 
 // Audiences splits -token-audience.
-func (c *Config) Audiences() []string {
-	var out []string
-	for _, a := range strings.Split(c.TokenAudience, ",") {
-		if a = strings.TrimSpace(a); a != "" {
-			out = append(out, a)
-		}
-	}
-	return out
-}
+func (c *Config) Audiences() []string { return workloadtoken.SplitAudiences(c.TokenAudience) }
