@@ -329,36 +329,12 @@ func (s *Source) merge() inventory.State {
 	}
 	for _, p := range paths {
 		g := s.files[p].good
-		for _, o := range g.pods {
-			if keep("Pod", o.GetName(), p) {
-				out.Pods = append(out.Pods, o)
-			}
-		}
-		for _, o := range g.serviceAccounts {
-			if keep("ServiceAccount", o.GetName(), p) {
-				out.ServiceAccounts = append(out.ServiceAccounts, o)
-			}
-		}
-		for _, o := range g.namespaces {
-			if keep("Namespace", o.GetName(), p) {
-				out.Namespaces = append(out.Namespaces, o)
-			}
-		}
-		for _, o := range g.keySecrets {
-			if keep("KeySecret", o.GetName(), p) {
-				out.KeySecrets = append(out.KeySecrets, o)
-			}
-		}
-		for _, o := range g.tlsPolicies {
-			if keep("TLSPolicy", o.GetName(), p) {
-				out.TLSPolicies = append(out.TLSPolicies, o)
-			}
-		}
-		for _, o := range g.scopeConfigs {
-			if keep("ScopeConfig", o.GetName(), p) {
-				out.ScopeConfigs = append(out.ScopeConfigs, o)
-			}
-		}
+		out.Pods = appendKept(out.Pods, g.pods, "Pod", p, keep)
+		out.ServiceAccounts = appendKept(out.ServiceAccounts, g.serviceAccounts, "ServiceAccount", p, keep)
+		out.Namespaces = appendKept(out.Namespaces, g.namespaces, "Namespace", p, keep)
+		out.KeySecrets = appendKept(out.KeySecrets, g.keySecrets, "KeySecret", p, keep)
+		out.TLSPolicies = appendKept(out.TLSPolicies, g.tlsPolicies, "TLSPolicy", p, keep)
+		out.ScopeConfigs = appendKept(out.ScopeConfigs, g.scopeConfigs, "ScopeConfig", p, keep)
 	}
 	sortByName(out.Pods)
 	sortByName(out.ServiceAccounts)
@@ -366,6 +342,16 @@ func (s *Source) merge() inventory.State {
 	sortByName(out.KeySecrets)
 	sortByName(out.TLSPolicies)
 	sortByName(out.ScopeConfigs)
+	return out
+}
+
+// appendKept appends the objects of one file that keep admits (the first definition of a name wins).
+func appendKept[T interface{ GetName() string }](out, objs []T, kind, path string, keep func(kind, name, path string) bool) []T {
+	for _, o := range objs {
+		if keep(kind, o.GetName(), path) {
+			out = append(out, o)
+		}
+	}
 	return out
 }
 
