@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/yannh/kubeconform/pkg/validator"
@@ -83,4 +85,37 @@ func sourceOf(doc []byte) string {
 		}
 	}
 	return ""
+}
+
+// ChartValidator validates against the Kubernetes schemas of KubeVersion (generated once under
+// cacheDir) and the schemas of the CRDs in chart/crds (generated into scratch, which the caller
+// owns: CRDs change with the chart, so they are not cached).
+func ChartValidator(ctx context.Context, cacheDir, chart, scratch string) (*Validator, error) {
+	kube, err := k8sschema.Cached(ctx, cacheDir, KubeVersion)
+	if err != nil {
+		return nil, err
+	}
+	swagger, err := k8sschema.SwaggerFromModule(ctx, KubeVersion)
+	if err != nil {
+		return nil, err
+	}
+	defs, err := k8sschema.ParseSwagger(swagger)
+	if err != nil {
+		return nil, err
+	}
+	files, err := filepath.Glob(filepath.Join(chart, "crds", "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := defs.WriteCRDs(b, scratch); err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+	}
+	// The CRDs' directory first: a chart's kind shadows nothing of Kubernetes' own.
+	return NewValidator(scratch, kube)
 }

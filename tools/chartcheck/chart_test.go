@@ -1,0 +1,194 @@
+package chartcheck_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/portcullis-mesh/portcullis/libs/workspace"
+	"github.com/portcullis-mesh/portcullis/tools/chartcheck"
+	"github.com/portcullis-mesh/portcullis/tools/k8sschema"
+)
+
+const release, namespace = "portcullis", "portcullis"
+
+// setup finds helm and the chart, and returns a validator against the Kubernetes schemas
+// (cached under .cache) and the chart's CRDs.
+func setup(t *testing.T) (context.Context, chartcheck.Helm, string, *chartcheck.Validator) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	t.Cleanup(cancel)
+	bin, err := chartcheck.HelmBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := workspace.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	chart := filepath.Join(root, "charts", "portcullis")
+	v, err := chartcheck.ChartValidator(ctx, filepath.Join(root, ".cache", "k8s-schemas"), chart, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, chartcheck.Helm{Bin: bin, Home: t.TempDir()}, chart, v
+}
+
+// valuesMatrix is every values file the chart is proven with: the defaults, the Vault staging
+// example, and each file under ci/ (helm's convention for values files chart tests run).
+func valuesMatrix(t *testing.T, chart string) map[string][]string {
+	t.Helper()
+	m := map[string][]string{
+		"defaults":      nil,
+		"vault-staging": {filepath.Join(chart, "values-vault-staging.yaml")},
+	}
+	ci, err := filepath.Glob(filepath.Join(chart, "ci", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ci) == 0 {
+		t.Fatalf("no values files under %s/ci", chart)
+	}
+	for _, f := range ci {
+		m["ci/"+filepath.Base(f)] = []string{f}
+	}
+	return m
+}
+
+func TestChartLintsRendersAndValidatesForEveryValuesFile(t *testing.T) {
+	ctx, helm, chart, v := setup(t)
+	for name, files := range valuesMatrix(t, chart) {
+		t.Run(name, func(t *testing.T) {
+			vals := chartcheck.Values{Files: files}
+			if out, err := helm.Lint(ctx, chart, vals); err != nil {
+				t.Fatalf("helm lint --strict: %v", err)
+			} else if strings.Contains(out, "[WARNING]") || strings.Contains(out, "[ERROR]") {
+				t.Fatalf("helm lint --strict reported:\n%s", out)
+			}
+			manifests, err := helm.Template(ctx, chart, release, namespace, vals)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ok, err := v.Validate(ctx, name, bytes.NewReader(manifests))
+			if err != nil {
+				t.Fatalf("kubeconform -strict against Kubernetes %s and the chart's CRDs: %v", chartcheck.KubeVersion, err)
+			}
+			kinds := map[string]int{}
+			for _, r := range ok {
+				kinds[r.Kind]++
+			}
+			// Every component is there: the agents, the Deployments, the CRDs.
+			for kind, least := range map[string]int{"DaemonSet": 1, "Deployment": 3, "CustomResourceDefinition": 3, "Service": 3, "PodDisruptionBudget": 1} {
+				if kinds[kind] < least {
+					t.Errorf("%d %s rendered, want at least %d (all: %v)", kinds[kind], kind, least, kinds)
+				}
+			}
+			t.Logf("%d manifests valid: %v", len(ok), kinds)
+		})
+	}
+}
+
+// A wrong or missing value fails `helm template` (as it fails `helm install`, which runs the same
+// checks) with a message that names the value.
+func TestChartRejectsWrongOrMissingValuesByName(t *testing.T) {
+	ctx, helm, chart, _ := setup(t)
+	for _, tc := range []struct {
+		name string
+		set  []string
+		want []string // every one must be in helm's error
+	}{
+		{"unknown backend", []string{"kmsAdapter.backend=bogus"}, []string{"kmsAdapter.backend"}},
+		{"vault without an address", []string{"kmsAdapter.backend=vault"}, []string{"kmsAdapter.vault.address"}},
+		{"vault leaf mode without a role", []string{"kmsAdapter.backend=vault", "kmsAdapter.vault.address=https://vault:8200", "kmsAdapter.vault.auth.tokenSecret=t"}, []string{"kmsAdapter.vault.role"}},
+		{"vault token auth without its Secret", []string{"kmsAdapter.backend=vault", "kmsAdapter.vault.address=https://vault:8200", "kmsAdapter.vault.role=workload"}, []string{"kmsAdapter.vault.auth.tokenSecret"}},
+		{"external NATS without a URL", []string{"global.nats.mode=external"}, []string{"global.nats.external.url"}},
+		{"misspelt value", []string{"citadel.replica=3"}, []string{"citadel", "replica"}},
+		{"wrong type", []string{"citadel.replicas=two"}, []string{"citadel.replicas"}},
+		{"trust domain that is not one", []string{"global.trustDomain=Not A Domain"}, []string{"global.trustDomain"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := helm.Template(ctx, chart, release, namespace, chartcheck.Values{Set: tc.set})
+			if err == nil {
+				t.Fatalf("helm template --set %v succeeded, want a failure naming %v", tc.set, tc.want)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("helm's error does not name %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+// The validation is not vacuous: a rendered manifest with an unknown field, or of a kind no
+// schema knows, fails and is reported with the template it came from.
+func TestValidationCatchesWhatTheAPIServerWouldRefuse(t *testing.T) {
+	ctx, helm, _, v := setup(t)
+	chart := t.TempDir()
+	write(t, filepath.Join(chart, "Chart.yaml"), "apiVersion: v2\nname: scratch\nversion: 0.1.0\n")
+	write(t, filepath.Join(chart, "templates", "cm.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ok\ndata:\n  a: b\n")
+	write(t, filepath.Join(chart, "templates", "svc.yaml"),
+		"apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n    - port: 80\n      targetPortt: 8080\n")
+	write(t, filepath.Join(chart, "templates", "sm.yaml"),
+		"apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: unknown\n")
+	if _, err := helm.Lint(ctx, chart, chartcheck.Values{}); err != nil {
+		t.Fatalf("helm lint of the scratch chart: %v", err)
+	}
+	manifests, err := helm.Template(ctx, chart, "r", "ns", chartcheck.Values{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, err := v.Validate(ctx, "scratch", bytes.NewReader(manifests))
+	if len(ok) != 1 || ok[0].Kind != "ConfigMap" {
+		t.Errorf("valid resources %v, want the ConfigMap only", ok)
+	}
+	if err == nil {
+		t.Fatal("no validation error")
+	}
+	for _, w := range []string{"scratch/templates/svc.yaml", "/spec/ports/0", "scratch/templates/sm.yaml", "could not find schema for ServiceMonitor"} {
+		if !strings.Contains(err.Error(), w) {
+			t.Errorf("validation error lacks %q:\n%v", w, err)
+		}
+	}
+}
+
+func TestHelmBinaryNamesTheTaskWhenMissing(t *testing.T) {
+	t.Setenv(chartcheck.HelmEnv, filepath.Join(t.TempDir(), "no-helm"))
+	_, err := chartcheck.HelmBinary()
+	if err == nil || !strings.Contains(err.Error(), "go tool task helm") {
+		t.Fatalf("err = %v, want one naming `go tool task helm`", err)
+	}
+}
+
+func TestSchemaDirectoryIsCachedByVersion(t *testing.T) {
+	root, err := workspace.Root()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := k8sschema.Cached(context.Background(), filepath.Join(root, ".cache", "k8s-schemas"), chartcheck.KubeVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(filepath.Base(dir), chartcheck.KubeVersion) {
+		t.Fatalf("cache directory %s does not carry the version", dir)
+	}
+	names, err := filepath.Glob(filepath.Join(dir, "*.json"))
+	if err != nil || !slices.Contains(names, filepath.Join(dir, "daemonset-apps-v1.json")) {
+		t.Fatalf("no daemonset-apps-v1.json in %s (%v)", dir, err)
+	}
+}
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
