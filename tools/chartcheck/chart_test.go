@@ -125,8 +125,9 @@ func TestChartRejectsWrongOrMissingValuesByName(t *testing.T) {
 	}
 }
 
-// The validation is not vacuous: a rendered manifest with an unknown field, or of a kind no
-// schema knows, fails and is reported with the template it came from.
+// The validation is not vacuous: a rendered manifest with an unknown field (in a Kubernetes kind
+// or in a ServiceMonitor), or of a kind no schema knows, fails and is reported with the template
+// it came from.
 func TestValidationCatchesWhatTheAPIServerWouldRefuse(t *testing.T) {
 	ctx, helm, _, v := setup(t)
 	chart := t.TempDir()
@@ -134,8 +135,10 @@ func TestValidationCatchesWhatTheAPIServerWouldRefuse(t *testing.T) {
 	write(t, filepath.Join(chart, "templates", "cm.yaml"), "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ok\ndata:\n  a: b\n")
 	write(t, filepath.Join(chart, "templates", "svc.yaml"),
 		"apiVersion: v1\nkind: Service\nmetadata:\n  name: bad\nspec:\n  ports:\n    - port: 80\n      targetPortt: 8080\n")
+	write(t, filepath.Join(chart, "templates", "unknown.yaml"),
+		"apiVersion: monitoring.coreos.com/v1\nkind: PodMonitorz\nmetadata:\n  name: unknown\n")
 	write(t, filepath.Join(chart, "templates", "sm.yaml"),
-		"apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: unknown\n")
+		"apiVersion: monitoring.coreos.com/v1\nkind: ServiceMonitor\nmetadata:\n  name: sm\nspec:\n  selector: {}\n  endpoints:\n    - port: admin\n      intervall: 30s\n")
 	if _, err := helm.Lint(ctx, chart, chartcheck.Values{}); err != nil {
 		t.Fatalf("helm lint of the scratch chart: %v", err)
 	}
@@ -150,7 +153,7 @@ func TestValidationCatchesWhatTheAPIServerWouldRefuse(t *testing.T) {
 	if err == nil {
 		t.Fatal("no validation error")
 	}
-	for _, w := range []string{"scratch/templates/svc.yaml", "/spec/ports/0", "scratch/templates/sm.yaml", "could not find schema for ServiceMonitor"} {
+	for _, w := range []string{"scratch/templates/svc.yaml", "/spec/ports/0", "scratch/templates/sm.yaml", "/spec/endpoints/0", "scratch/templates/unknown.yaml", "could not find schema for PodMonitorz"} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("validation error lacks %q:\n%v", w, err)
 		}

@@ -87,9 +87,24 @@ func sourceOf(doc []byte) string {
 	return ""
 }
 
+// ExternalCRD is a CustomResourceDefinition of another project that the chart can render
+// resources of, read from a file of that project's Go module zip.
+type ExternalCRD struct {
+	Module, Version, Path string
+}
+
+// ExternalCRDs are the CRDs the chart renders resources of but does not ship: the Prometheus
+// Operator's ServiceMonitor (global.metrics.serviceMonitor.enabled). monitoring.coreos.com/v1 is
+// stable; v0.85.0 is the release the module proxy serves.
+var ExternalCRDs = []ExternalCRD{{
+	Module:  "github.com/prometheus-operator/prometheus-operator",
+	Version: "v0.85.0",
+	Path:    "example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml",
+}}
+
 // ChartValidator validates against the Kubernetes schemas of KubeVersion (generated once under
-// cacheDir) and the schemas of the CRDs in chart/crds (generated into scratch, which the caller
-// owns: CRDs change with the chart, so they are not cached).
+// cacheDir), and those of the CRDs in chart/crds and of ExternalCRDs (generated into scratch,
+// which the caller owns: the chart's CRDs change with the chart, so they are not cached).
 func ChartValidator(ctx context.Context, cacheDir, chart, scratch string) (*Validator, error) {
 	kube, err := k8sschema.Cached(ctx, cacheDir, KubeVersion)
 	if err != nil {
@@ -114,6 +129,15 @@ func ChartValidator(ctx context.Context, cacheDir, chart, scratch string) (*Vali
 		}
 		if _, err := defs.WriteCRDs(b, scratch); err != nil {
 			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+	}
+	for _, c := range ExternalCRDs {
+		b, err := k8sschema.ModuleFile(ctx, c.Module, c.Version, c.Path)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := defs.WriteCRDs(b, scratch); err != nil {
+			return nil, fmt.Errorf("%s@%s/%s: %w", c.Module, c.Version, c.Path, err)
 		}
 	}
 	// The CRDs' directory first: a chart's kind shadows nothing of Kubernetes' own.

@@ -16,15 +16,21 @@ import (
 const kubernetesModule = "k8s.io/kubernetes"
 
 // SwaggerFromModule reads api/openapi-spec/swagger.json from the k8s.io/kubernetes module zip of
-// the given version, fetched by `go mod download` (from the module cache when it is there: the
-// kube-apiserver build puts it there).
+// the given version.
 func SwaggerFromModule(ctx context.Context, version string) ([]byte, error) {
+	return ModuleFile(ctx, kubernetesModule, version, "api/openapi-spec/swagger.json")
+}
+
+// ModuleFile reads one file from a Go module's zip, fetched by `go mod download` (from the
+// module cache when it is there; the kube-apiserver build puts k8s.io/kubernetes there). It is
+// how CRDs of other projects (the Prometheus Operator's ServiceMonitor) are had offline too.
+func ModuleFile(ctx context.Context, module, version, path string) ([]byte, error) {
 	tmp, err := os.MkdirTemp("", "k8sschema-")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(tmp)
-	mod := kubernetesModule + "@" + version
+	mod := module + "@" + version
 	cmd := exec.CommandContext(ctx, "go", "mod", "download", "-json", mod)
 	cmd.Dir = tmp // no go.mod or go.work here: only the module cache and the proxy are consulted
 	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=")
@@ -43,7 +49,7 @@ func SwaggerFromModule(ctx context.Context, version string) ([]byte, error) {
 		return nil, fmt.Errorf("opening %s: %w", info.Zip, err)
 	}
 	defer zr.Close()
-	f, err := zr.Open(mod + "/api/openapi-spec/swagger.json")
+	f, err := zr.Open(mod + "/" + path)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", info.Zip, err)
 	}
