@@ -17,6 +17,11 @@ import (
 
 const release, namespace = "portcullis", "portcullis"
 
+// rootOK are the chart's workloads that run as root, and why (the chart's templates say more).
+var rootOK = chartcheck.RootException{
+	"DaemonSet/portcullis-nodeagent": "creates its socket in the root-owned hostPath directory the kubelet makes; no capabilities",
+}
+
 // setup finds helm and the chart, and returns a validator against the Kubernetes schemas
 // (cached under .cache) and the chart's CRDs.
 func setup(t *testing.T) (context.Context, chartcheck.Helm, string, *chartcheck.Validator) {
@@ -77,6 +82,13 @@ func TestChartLintsRendersAndValidatesForEveryValuesFile(t *testing.T) {
 			ok, err := v.Validate(ctx, name, bytes.NewReader(manifests))
 			if err != nil {
 				t.Fatalf("kubeconform -strict against Kubernetes %s and the chart's CRDs: %v", chartcheck.KubeVersion, err)
+			}
+			problems, err := chartcheck.CheckPodSecurity(manifests, rootOK)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range problems {
+				t.Errorf("security defaults: %s", p)
 			}
 			kinds := map[string]int{}
 			for _, r := range ok {
@@ -157,6 +169,72 @@ func TestValidationCatchesWhatTheAPIServerWouldRefuse(t *testing.T) {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("validation error lacks %q:\n%v", w, err)
 		}
+	}
+}
+
+func TestPodSecurityDefaultsAreEnforced(t *testing.T) {
+	manifests := `apiVersion: apps/v1
+kind: Deployment
+metadata: {name: loose}
+spec:
+  selector: {matchLabels: {a: b}}
+  template:
+    metadata: {labels: {a: b}}
+    spec:
+      hostNetwork: true
+      containers:
+        - name: app
+          image: x
+          securityContext:
+            capabilities: {drop: [ALL], add: [NET_ADMIN]}
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: tight}
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      securityContext:
+        runAsNonRoot: true
+        seccompProfile: {type: RuntimeDefault}
+      containers:
+        - name: job
+          image: x
+          securityContext:
+            readOnlyRootFilesystem: true
+            allowPrivilegeEscalation: false
+            capabilities: {drop: [ALL]}
+          resources:
+            requests: {cpu: 10m, memory: 16Mi}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ignored}
+`
+	problems, err := chartcheck.CheckPodSecurity([]byte(manifests), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"Deployment/loose: uses a host namespace (hostNetwork, hostPID or hostIPC)",
+		"Deployment/loose: container app: readOnlyRootFilesystem is not true",
+		"Deployment/loose: container app: allowPrivilegeEscalation is not false",
+		"Deployment/loose: container app: adds capabilities [NET_ADMIN]",
+		"Deployment/loose: container app: has no RuntimeDefault or Localhost seccomp profile",
+		"Deployment/loose: container app: runAsNonRoot is not true",
+		"Deployment/loose: container app: has no cpu request",
+		"Deployment/loose: container app: has no memory request",
+	}
+	if !slices.Equal(problems, want) {
+		t.Fatalf("problems:\n%s\nwant:\n%s", strings.Join(problems, "\n"), strings.Join(want, "\n"))
+	}
+	problems, err = chartcheck.CheckPodSecurity([]byte(manifests), chartcheck.RootException{"Deployment/loose": "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(problems, "Deployment/loose: container app: runAsNonRoot is not true") {
+		t.Fatal("the root exception was not applied")
 	}
 }
 
