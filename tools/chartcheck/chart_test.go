@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,8 +23,24 @@ var rootOK = chartcheck.RootException{
 	"DaemonSet/portcullis-nodeagent": "creates its socket in the root-owned hostPath directory the kubelet makes; no capabilities",
 }
 
+var (
+	validatorOnce sync.Once
+	validator     *chartcheck.Validator
+	validatorErr  error
+	scratchDir    string
+)
+
+// TestMain removes the directory of the CRD schemas the tests share.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if scratchDir != "" {
+		os.RemoveAll(scratchDir)
+	}
+	os.Exit(code)
+}
+
 // setup finds helm and the chart, and returns a validator against the Kubernetes schemas
-// (cached under .cache) and the chart's CRDs.
+// (cached under .cache) and the CRDs (made once for all the tests).
 func setup(t *testing.T) (context.Context, chartcheck.Helm, string, *chartcheck.Validator) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -37,11 +54,16 @@ func setup(t *testing.T) (context.Context, chartcheck.Helm, string, *chartcheck.
 		t.Fatal(err)
 	}
 	chart := filepath.Join(root, "charts", "portcullis")
-	v, err := chartcheck.ChartValidator(ctx, filepath.Join(root, ".cache", "k8s-schemas"), chart, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
+	validatorOnce.Do(func() {
+		scratchDir, validatorErr = os.MkdirTemp("", "chartcheck-crds-")
+		if validatorErr == nil {
+			validator, validatorErr = chartcheck.ChartValidator(ctx, filepath.Join(root, ".cache", "k8s-schemas"), chart, scratchDir)
+		}
+	})
+	if validatorErr != nil {
+		t.Fatal(validatorErr)
 	}
-	return ctx, chartcheck.Helm{Bin: bin, Home: t.TempDir()}, chart, v
+	return ctx, chartcheck.Helm{Bin: bin, Home: t.TempDir()}, chart, validator
 }
 
 // valuesMatrix is every values file the chart is proven with: the defaults, the Vault staging
