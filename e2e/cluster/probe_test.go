@@ -28,7 +28,7 @@ type probe struct {
 type probeStatus struct {
 	SPIFFEID     string    `json:"spiffe_id"`
 	Serial       string    `json:"serial"`
-	NotAfter     time.Time `json:"not_after"`
+	NotAfter     string    `json:"not_after"`
 	BundleSHA256 []string  `json:"bundle_sha256"`
 	Updates      int       `json:"updates"`
 	LastError    string    `json:"last_error"`
