@@ -8,7 +8,6 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -104,13 +103,17 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 	if err != nil {
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
-	res, err := s.cfg.Issuer.Issue(ctx, issuer.Request{
-		Caller:  caller,
-		Token:   token,
-		CSR:     req.GetCsr(),
-		TTL:     time.Duration(req.GetValidityDuration()) * time.Second,
-		Renewal: req.GetMetadata(),
-	})
+	ttl, err := issuer.ValidityFromSeconds(req.GetValidityDuration())
+	var res issuer.Result
+	if err == nil {
+		res, err = s.cfg.Issuer.Issue(ctx, issuer.Request{
+			Caller:  caller,
+			Token:   token,
+			CSR:     req.GetCsr(),
+			TTL:     ttl,
+			Renewal: req.GetMetadata(),
+		})
+	}
 	if err != nil {
 		st := toStatus(err)
 		s.cfg.Logger.Info("certificate refused", "peer", caller.String(), "code", st.Code().String(), "err", err)
