@@ -1,6 +1,7 @@
 package grpcapi
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -9,11 +10,11 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"io"
 	"log/slog"
 	"net"
 	"net/url"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -67,6 +68,25 @@ type harness struct {
 	metrics *metrics.Metrics
 	iss     *issuer.Issuer
 	addr    string
+	logs    syncBuffer // citadel's log
+}
+
+// syncBuffer is a log sink that tests can read while the server writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 var cartPod = &mcpv1.Pod{
@@ -112,7 +132,7 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logger := slog.New(slog.NewTextHandler(&h.logs, nil))
 	h.metrics = metrics.New(prometheus.NewRegistry())
 	bundles := trustbundle.New(trustbundle.Config{KMS: kms, Refresh: time.Minute, Clock: h.clock, Logger: logger})
 	iss, err := issuer.New(issuer.Config{
@@ -124,7 +144,7 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 		t.Fatal(err)
 	}
 	h.iss = iss
-	srv := NewGRPCServer(citadelID.ServerCredentials(), New(Config{Issuer: iss, Bundles: bundles, Logger: logger}), health.NewServer())
+	srv := NewGRPCServer(ServerCredentials(citadelID, h.metrics, logger), New(Config{Issuer: iss, Bundles: bundles, Logger: logger, Metrics: h.metrics}), health.NewServer())
 	h.addr = serve(t, srv)
 	return h
 }

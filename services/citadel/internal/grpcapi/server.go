@@ -24,6 +24,7 @@ import (
 	cav1 "github.com/portcullis-mesh/portcullis/proto/portcullis/ca/v1"
 
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/issuer"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/trustbundle"
 )
 
@@ -42,6 +43,8 @@ type Config struct {
 	Issuer  Issuer
 	Bundles Bundles
 	Logger  *slog.Logger
+	// Metrics counts refusals made before a handler runs; nil counts nothing (they are logged).
+	Metrics *metrics.Metrics
 }
 
 // Server implements citadel's gRPC services.
@@ -81,10 +84,10 @@ func Authorize(_ context.Context, id spiffeid.ID, method string) error {
 	return errors.New("method not open to any caller")
 }
 
-// NewGRPCServer builds the gRPC server with mTLS credentials, the authorization interceptors and
-// every service registered.
+// NewGRPCServer builds the gRPC server with mTLS credentials (see ServerCredentials), the
+// authorization interceptors (their refusals logged and counted) and every service registered.
 func NewGRPCServer(creds credentials.TransportCredentials, srv *Server, hs *health.Server) *grpc.Server {
-	opts := append([]grpc.ServerOption{grpc.Creds(creds)}, servicetls.Interceptors(Authorize, healthMethods...)...)
+	opts := append([]grpc.ServerOption{grpc.Creds(creds)}, servicetls.ObservedInterceptors(Authorize, srv.observeRefusal, healthMethods...)...)
 	g := grpc.NewServer(opts...)
 	authv1.RegisterIstioCertificateServiceServer(g, srv)
 	cav1.RegisterTrustBundleServiceServer(g, srv)
