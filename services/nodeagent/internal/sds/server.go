@@ -54,12 +54,20 @@ type Observer interface {
 	Refused(code codes.Code)
 }
 
+// CallerLimiter bounds the streams one authenticated pod holds open; *sdslimits.Limiter
+// satisfies it. AdmitCaller returns a gRPC status error when the caller is over its limit.
+type CallerLimiter interface {
+	AdmitCaller(caller string) (release func(), err error)
+}
+
 // Config configures a Server.
 type Config struct {
 	Auth    Authenticator
 	Secrets Secrets
 	Logger  *slog.Logger
 	Observe Observer
+	// Callers limits open streams per pod; nil means no limit.
+	Callers CallerLimiter
 }
 
 // Server implements secretv3.SecretDiscoveryServiceServer.
