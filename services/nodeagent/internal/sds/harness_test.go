@@ -314,6 +314,7 @@ func (o *observer) limitRefusals(reason string) (n int) {
 	return n
 }
 func (o *observer) unauthenticated() (n int) { o.do(func() { n = o.unauth }); return n }
+func (o *observer) openStreams() (n int)     { o.do(func() { n = o.open }); return n }
 
 func (o *observer) StreamOpened()                 { o.do(func() { o.open++ }) }
 func (o *observer) StreamClosed()                 { o.do(func() { o.open-- }) }
