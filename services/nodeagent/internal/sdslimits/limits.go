@@ -226,6 +226,7 @@ func (g *gate) arrived() {
 	}
 	g.done = true
 	g.timer.Stop()
+	g.timer = nil // the gate lives as long as the stream; the timer need not
 	g.limiter.unauth.Add(-1)
 	g.limiter.cfg.Observer.Unauthenticated(-1)
 }
