@@ -103,8 +103,8 @@ func (a *App) Run(ctx context.Context) error {
 		TTL: a.cfg.CertTTL, KeyType: keyType, Jitter: a.cfg.RenewJitter, Refresh: a.cfg.BundleRefresh,
 	})
 	limits, err := sdslimits.New(sdslimits.Config{
-		FirstRequestTimeout: a.cfg.SDSFirstRequestTimeout, MaxUnauthenticated: a.cfg.SDSMaxUnauthenticated,
-		MaxStreamsPerConn: a.cfg.SDSMaxStreamsPerConn, MaxStreamsPerCaller: a.cfg.SDSMaxStreamsPerCaller,
+		FirstRequestTimeout: a.cfg.SDS.FirstRequestTimeout, MaxUnauthenticated: a.cfg.SDS.MaxUnauthenticated,
+		MaxStreamsPerConn: a.cfg.SDS.MaxStreamsPerConn, MaxStreamsPerCaller: a.cfg.SDS.MaxStreamsPerPod,
 		Observer: m, Logger: a.logger,
 	})
 	if err != nil {

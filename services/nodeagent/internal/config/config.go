@@ -38,6 +38,7 @@ type Config struct {
 	NodeName      string
 	Socket        string
 	SocketMode    string
+	SDS           SDSLimits
 	CitadelAddr   string
 	MCPAddr       string
 	AdminListen   string
@@ -52,11 +53,14 @@ type Config struct {
 	NATS          events.ConnConfig
 	BundleJitter  time.Duration
 	RotateJitter  time.Duration
+}
 
-	SDSFirstRequestTimeout time.Duration
-	SDSMaxUnauthenticated  int
-	SDSMaxStreamsPerConn   int
-	SDSMaxStreamsPerCaller int
+// SDSLimits bound the streams on the SDS socket (see package sdslimits).
+type SDSLimits struct {
+	FirstRequestTimeout time.Duration
+	MaxUnauthenticated  int
+	MaxStreamsPerConn   int
+	MaxStreamsPerPod    int
 }
 
 // RegisterFlags binds the config to fs.
@@ -78,10 +82,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.NATS.RegisterFlags(fs)
 	fs.DurationVar(&c.BundleJitter, "bundle-jitter", 250*time.Millisecond, "spread of trust bundle refetches after a bundle event, so a fleet does not reach citadel at once")
 	fs.DurationVar(&c.RotateJitter, "rotate-jitter", 2*time.Minute, "spread of re-issues after a CA activation or a forced rotation (revocations are acted on at once)")
-	fs.DurationVar(&c.SDSFirstRequestTimeout, "sds-first-request-timeout", DefaultSDSFirstRequestTimeout, "an SDS stream that sends no request this long after opening is ended")
-	fs.IntVar(&c.SDSMaxUnauthenticated, "sds-max-unauthenticated-streams", DefaultSDSMaxUnauthenticated, "most SDS streams, agent-wide, that have not sent their first request; more are refused")
-	fs.IntVar(&c.SDSMaxStreamsPerConn, "sds-max-streams-per-conn", DefaultSDSMaxStreamsPerConn, "most concurrent streams on one connection to the SDS socket")
-	fs.IntVar(&c.SDSMaxStreamsPerCaller, "sds-max-streams-per-pod", DefaultSDSMaxStreamsPerCaller, "most open SDS streams of one authenticated pod")
+	fs.DurationVar(&c.SDS.FirstRequestTimeout, "sds-first-request-timeout", DefaultSDSFirstRequestTimeout, "an SDS stream that sends no request this long after opening is ended")
+	fs.IntVar(&c.SDS.MaxUnauthenticated, "sds-max-unauthenticated-streams", DefaultSDSMaxUnauthenticated, "most SDS streams, agent-wide, that have not sent their first request; more are refused")
+	fs.IntVar(&c.SDS.MaxStreamsPerConn, "sds-max-streams-per-conn", DefaultSDSMaxStreamsPerConn, "most concurrent streams on one connection to the SDS socket")
+	fs.IntVar(&c.SDS.MaxStreamsPerPod, "sds-max-streams-per-pod", DefaultSDSMaxStreamsPerCaller, "most open SDS streams of one authenticated pod")
 }
 
 // Validate reports every problem at once.
@@ -120,9 +124,9 @@ func (c *Config) Validate() error {
 	if c.BundleJitter < 0 || c.RotateJitter < 0 {
 		errs = append(errs, fmt.Errorf("-bundle-jitter (%s) and -rotate-jitter (%s) must not be negative", c.BundleJitter, c.RotateJitter))
 	}
-	if c.SDSFirstRequestTimeout <= 0 || c.SDSMaxUnauthenticated <= 0 || c.SDSMaxStreamsPerConn <= 0 || c.SDSMaxStreamsPerCaller <= 0 {
+	if c.SDS.FirstRequestTimeout <= 0 || c.SDS.MaxUnauthenticated <= 0 || c.SDS.MaxStreamsPerConn <= 0 || c.SDS.MaxStreamsPerPod <= 0 {
 		errs = append(errs, fmt.Errorf("-sds-first-request-timeout (%s), -sds-max-unauthenticated-streams (%d), -sds-max-streams-per-conn (%d) and -sds-max-streams-per-pod (%d) must be positive",
-			c.SDSFirstRequestTimeout, c.SDSMaxUnauthenticated, c.SDSMaxStreamsPerConn, c.SDSMaxStreamsPerCaller))
+			c.SDS.FirstRequestTimeout, c.SDS.MaxUnauthenticated, c.SDS.MaxStreamsPerConn, c.SDS.MaxStreamsPerPod))
 	}
 	return errors.Join(errs...)
 }
