@@ -1,7 +1,6 @@
 package grpcapi
 
 import (
-	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -14,7 +13,6 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -58,6 +56,7 @@ type harnessConfig struct {
 // mTLS, real workload tokens and a pod view fed the way mcpclient.Watch feeds it.
 type harness struct {
 	t       testing.TB
+	logs    syncBuffer // citadel's log
 	dir     string
 	ca      *servicetls.BootstrapCA
 	clock   *clocktesting.FakeClock
@@ -68,25 +67,6 @@ type harness struct {
 	metrics *metrics.Metrics
 	iss     *issuer.Issuer
 	addr    string
-	logs    syncBuffer // citadel's log
-}
-
-// syncBuffer is a log sink that tests can read while the server writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 var cartPod = &mcpv1.Pod{
