@@ -169,7 +169,8 @@ func (l *Limiter) tap(ctx context.Context, _ *tap.Info) (context.Context, error)
 			n-1, l.cfg.MaxUnauthenticated)
 	}
 	l.cfg.Observer.Unauthenticated(1)
-	ctx, cancel := context.WithCancelCause(ctx)
+	stream := ctx
+	ctx, cancel := context.WithCancelCause(stream)
 	g := &gate{limiter: l}
 	g.mu.Lock() // the timer may fire, or the stream end, before it is stored
 	g.timer = l.cfg.Clock.AfterFunc(l.cfg.FirstRequestTimeout, func() {
@@ -179,15 +180,16 @@ func (l *Limiter) tap(ctx context.Context, _ *tap.Info) (context.Context, error)
 		}
 	})
 	g.mu.Unlock()
-	// The transport cancels the stream's context when the stream ends, however it ends.
-	context.AfterFunc(ctx, func() {
+	// The transport cancels the stream's context when the stream ends, however it ends (and
+	// registering on it, not on ctx, keeps one children map per stream instead of two).
+	context.AfterFunc(stream, func() {
 		g.arrived() // releases the unauthenticated slot if the first message never came
 		if conn != nil {
 			conn.streams.Add(-1)
 		}
 		cancel(nil)
 	})
-	return context.WithValue(expiringCtx{Context: ctx, gate: g}, gateKey{}, g), nil
+	return &expiringCtx{Context: ctx, gate: g}, nil
 }
 
 // expiringCtx is the stream's context: once the first-request deadline has passed, its Err is
@@ -198,12 +200,20 @@ type expiringCtx struct {
 	gate *gate
 }
 
-func (c expiringCtx) Err() error {
+func (c *expiringCtx) Err() error {
 	err := c.Context.Err()
 	if err != nil && c.gate.expired.Load() {
 		return context.DeadlineExceeded
 	}
 	return err
+}
+
+// Value also carries the gate, for the interceptors.
+func (c *expiringCtx) Value(key any) any {
+	if key == (gateKey{}) {
+		return c.gate
+	}
+	return c.Context.Value(key)
 }
 
 var errFirstRequestTimeout = errors.New("no request within the first-request deadline")
