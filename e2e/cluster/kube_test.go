@@ -26,11 +26,7 @@ const (
 
 func client(t *testing.T) kubernetes.Interface {
 	t.Helper()
-	c, err := suite.cluster.Client()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return cluster(t).Client()
 }
 
 // helm runs the helm binary against the cluster and returns its combined output.

@@ -5,7 +5,6 @@
 package cluster_test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,8 +15,8 @@ import (
 	"github.com/portcullis-mesh/portcullis/tools/kubecluster"
 )
 
-// suite is the cluster every test of this package shares: starting one takes seconds once its
-// binaries are built, but only one can run on a machine at a time.
+// suite is what every test of this package shares: the machine's one cluster (started on first
+// use by kubecluster.Shared, stopped after the last test by kubecluster.Main), helm and the chart.
 var suite struct {
 	cluster *kubecluster.Cluster
 	helm    string // the helm binary
@@ -25,60 +24,46 @@ var suite struct {
 	dir     string // scratch space of this run (the socket directory, the CA's volume)
 }
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
-	code, err := withCluster(m)
+func TestMain(m *testing.M) {
+	opts, err := setup()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/cluster:", err)
-		return 1
+		os.Exit(1)
 	}
-	return code
+	kubecluster.Main(m, opts)
 }
 
-func withCluster(m *testing.M) (int, error) {
+// setup finds helm, the chart and the images; the cluster imports the images when it starts.
+func setup() (kubecluster.Options, error) {
 	root, err := workspace.Root()
 	if err != nil {
-		return 0, err
+		return kubecluster.Options{}, err
 	}
-	helm, err := helmBinary(root)
-	if err != nil {
-		return 0, err
+	if suite.helm, err = helmBinary(root); err != nil {
+		return kubecluster.Options{}, err
 	}
 	images, err := imageArchives(root)
 	if err != nil {
-		return 0, err
+		return kubecluster.Options{}, err
 	}
-	dir, err := os.MkdirTemp("", "portcullis-e2e-cluster-")
-	if err != nil {
-		return 0, err
-	}
-	defer os.RemoveAll(dir)
-
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	start := time.Now()
-	c, err := kubecluster.Start(ctx, kubecluster.Options{Dir: filepath.Join(dir, "cluster")})
-	if err != nil {
-		return 0, err
-	}
-	defer func() {
-		if err := c.Stop(); err != nil {
-			fmt.Fprintln(os.Stderr, "e2e/cluster: stopping the cluster:", err)
-		}
-	}()
-	fmt.Fprintf(os.Stderr, "e2e/cluster: node Ready in %v\n", time.Since(start).Round(time.Millisecond))
-	start = time.Now()
-	for _, img := range images {
-		if err := c.ImportImage(ctx, img); err != nil {
-			return 0, err
-		}
-	}
-	fmt.Fprintf(os.Stderr, "e2e/cluster: %d images imported in %v\n", len(images), time.Since(start).Round(time.Millisecond))
-
-	suite.cluster, suite.helm, suite.dir = c, helm, dir
 	suite.chart = filepath.Join(root, "charts", "portcullis")
-	return m.Run(), nil
+	return kubecluster.Options{Images: images, LockWait: kubecluster.SharedLockWait}, nil
+}
+
+// cluster starts (or returns) the shared cluster, and the test's scratch directory with it.
+func cluster(t *testing.T) *kubecluster.Cluster {
+	t.Helper()
+	if suite.cluster == nil {
+		start := time.Now()
+		suite.cluster = kubecluster.Shared(t)
+		t.Logf("cluster up with %d images imported: %v", len(componentImages), time.Since(start).Round(time.Millisecond))
+		// Beside the cluster's own files: the node's mount namespace sees the same paths.
+		suite.dir = filepath.Join(suite.cluster.Dir(), "e2e")
+		if err := os.MkdirAll(suite.dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return suite.cluster
 }
 
 // helmBinary is $PORTCULLIS_HELM, else the helm that `go tool task helm` builds.
