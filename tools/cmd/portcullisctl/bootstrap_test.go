@@ -1,0 +1,248 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/portcullis-mesh/portcullis/libs/pemcerts"
+	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/tools/kubetest"
+)
+
+const (
+	testNS   = "portcullis-system"
+	nobody   = "nobody"
+	hookUser = "bootstrap-hook"
+)
+
+var testTD = spiffeid.RequireTrustDomainFromString("cluster.local")
+
+// startCluster runs an API server with the namespace and the RBAC that the chart gives the hook.
+func startCluster(t *testing.T) *kubetest.Cluster {
+	t.Helper()
+	c := kubetest.Start(t, kubetest.Options{Users: []string{nobody, hookUser}})
+	ctx := context.Background()
+	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: testNS}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// What the chart gives the hook Job's ServiceAccount: a Role in the release namespace only.
+	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "bootstrap"}, Rules: []rbacv1.PolicyRule{{
+		APIGroups: []string{""}, Resources: []string{"secrets", "configmaps"}, Verbs: []string{"get", "create", "update"},
+	}}}
+	if _, err := c.Client.RbacV1().Roles(testNS).Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	binding := &rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "bootstrap"},
+		RoleRef:  rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: "bootstrap"},
+		Subjects: []rbacv1.Subject{{Kind: "User", Name: hookUser}}}
+	if _, err := c.Client.RbacV1().RoleBindings(testNS).Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// bootstrapAs runs the command as user through -kubeconfig, as the CLI would.
+func bootstrapAs(t *testing.T, c *kubetest.Cluster, user string, extra ...string) (string, error) {
+	t.Helper()
+	kubeconfig, err := c.Kubeconfig(user)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	args := append([]string{"-kubeconfig", kubeconfig, "-namespace", testNS, "-name-prefix", "pc"}, extra...)
+	err = runBootstrap(args, &out)
+	return out.String(), err
+}
+
+// snapshot maps every bootstrap object to its resourceVersion.
+func snapshot(t *testing.T, client kubernetes.Interface) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	got := map[string]string{}
+	for _, name := range []string{"pc-control-plane-ca", "pc-citadel-tls", "pc-kms-adapter-tls", "pc-mcp-sync-tls", "pc-admin-tls"} {
+		s, err := client.CoreV1().Secrets(testNS).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatalf("secret %s: %v", name, err)
+		}
+		got["secret/"+name] = s.ResourceVersion
+	}
+	cm, err := client.CoreV1().ConfigMaps(testNS).Get(ctx, "pc-control-plane-ca", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("configmap: %v", err)
+	}
+	got["configmap/pc-control-plane-ca"] = cm.ResourceVersion
+	return got
+}
+
+func secret(t *testing.T, client kubernetes.Interface, name string) *corev1.Secret {
+	t.Helper()
+	s, err := client.CoreV1().Secrets(testNS).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func serviceSVID(t *testing.T, s *corev1.Secret) *x509svid.SVID {
+	t.Helper()
+	svid, err := x509svid.Parse(s.Data["tls.crt"], s.Data["tls.key"])
+	if err != nil {
+		t.Fatalf("secret %s: %v", s.Name, err)
+	}
+	return svid
+}
+
+func TestBootstrap(t *testing.T) {
+	c := startCluster(t)
+	ctx := context.Background()
+
+	out, err := bootstrapAs(t, c, hookUser)
+	if err != nil {
+		t.Fatalf("first run: %v\n%s", err, out)
+	}
+	if n := strings.Count(out, ": created"); n != 6 {
+		t.Errorf("first run created %d objects, want 6:\n%s", n, out)
+	}
+	caSecret := secret(t, c.Client, "pc-control-plane-ca")
+	ca, err := servicetls.LoadBootstrapCA(testTD, caSecret.Data["tls.crt"], caSecret.Data["tls.key"])
+	if err != nil || caSecret.Type != corev1.SecretTypeTLS {
+		t.Fatalf("CA secret (%s): %v", caSecret.Type, err)
+	}
+	if life := time.Until(ca.Certificate().NotAfter); life < 8759*time.Hour || life > 8761*time.Hour {
+		t.Errorf("CA lives %s, want -ca-validity 8760h", life)
+	}
+	cm, err := c.Client.CoreV1().ConfigMaps(testNS).Get(ctx, "pc-control-plane-ca", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cm.Data["ca.crt"] != string(caSecret.Data["tls.crt"]) {
+		t.Error("configmap ca.crt is not the CA certificate")
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(ca.Certificate())
+	for _, svc := range bootstrapServices {
+		s := secret(t, c.Client, "pc-"+svc+"-tls")
+		svid := serviceSVID(t, s)
+		if want, _ := servicetls.ServiceID(testTD, svc); svid.ID != want || s.Type != corev1.SecretTypeTLS {
+			t.Errorf("secret %s: %s of type %s, want %s of type kubernetes.io/tls", s.Name, svid.ID, s.Type, want)
+		}
+		if _, err := svid.Certificates[0].Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+			t.Errorf("secret %s does not chain to the CA: %v", s.Name, err)
+		}
+		if string(s.Data["ca.crt"]) != cm.Data["ca.crt"] {
+			t.Errorf("secret %s: ca.crt differs from the bundle", s.Name)
+		}
+		if life := time.Until(svid.Certificates[0].NotAfter); life < 2159*time.Hour || life > 2161*time.Hour {
+			t.Errorf("secret %s lives %s, want -cert-validity 2160h", s.Name, life)
+		}
+	}
+
+	// Second run (helm upgrade): nothing changes.
+	before := snapshot(t, c.Client)
+	out, err = bootstrapAs(t, c, hookUser)
+	if err != nil {
+		t.Fatalf("second run: %v\n%s", err, out)
+	}
+	if after := snapshot(t, c.Client); !maps.Equal(before, after) || strings.Count(out, ": kept") != 6 {
+		t.Fatalf("second run changed objects: %v -> %v\n%s", before, after, out)
+	}
+
+	// Later, with less than a third of the service certificates' life left: renewed, CA kept.
+	b := &bootstrapper{client: c.Client, td: testTD, out: &bytes.Buffer{},
+		cfg: bootstrapConfig{namespace: testNS, prefix: "pc", caValidity: 8760 * time.Hour, certValidity: 2160 * time.Hour},
+		now: func() time.Time { return time.Now().Add(1500 * time.Hour) }}
+	oldCitadel := serviceSVID(t, secret(t, c.Client, "pc-citadel-tls"))
+	if err := b.run(ctx); err != nil {
+		t.Fatalf("run near expiry: %v", err)
+	}
+	after := snapshot(t, c.Client)
+	if after["secret/pc-control-plane-ca"] != before["secret/pc-control-plane-ca"] || after["configmap/pc-control-plane-ca"] != before["configmap/pc-control-plane-ca"] {
+		t.Error("the CA or its bundle changed on a renewal")
+	}
+	if report := b.out.(*bytes.Buffer).String(); strings.Count(report, ": renewed (") != 4 {
+		t.Errorf("want 4 renewals:\n%s", report)
+	}
+	if newCitadel := serviceSVID(t, secret(t, c.Client, "pc-citadel-tls")); newCitadel.Certificates[0].SerialNumber.Cmp(oldCitadel.Certificates[0].SerialNumber) == 0 {
+		t.Error("citadel's certificate was not renewed")
+	}
+}
+
+func TestBootstrapAfterCARotation(t *testing.T) {
+	c := startCluster(t)
+	ctx := context.Background()
+	if out, err := bootstrapAs(t, c, hookUser); err != nil {
+		t.Fatalf("first run: %v\n%s", err, out)
+	}
+	oldCA := secret(t, c.Client, "pc-control-plane-ca").Data["tls.crt"]
+	// The documented rotation: delete the CA Secret; the next run makes a new CA, keeps the old
+	// one in the bundle, and re-issues every service certificate under the new one.
+	if err := c.Client.CoreV1().Secrets(testNS).Delete(ctx, "pc-control-plane-ca", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := bootstrapAs(t, c, hookUser)
+	if err != nil {
+		t.Fatalf("run after rotation: %v\n%s", err, out)
+	}
+	if strings.Count(out, "not valid under the current CA") != 4 {
+		t.Errorf("want every service certificate renewed under the new CA:\n%s", out)
+	}
+	cm, err := c.Client.CoreV1().ConfigMaps(testNS).Get(ctx, "pc-control-plane-ca", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := pemcerts.Parse([]byte(cm.Data["ca.crt"]))
+	if err != nil || len(certs) != 2 || !strings.Contains(cm.Data["ca.crt"], strings.TrimSpace(string(oldCA))) {
+		t.Fatalf("bundle after rotation holds %d certificates (%v), want the new CA and the old one", len(certs), err)
+	}
+	if got := string(secret(t, c.Client, "pc-mcp-sync-tls").Data["ca.crt"]); got != cm.Data["ca.crt"] {
+		t.Error("service secret's ca.crt is not the two-CA bundle")
+	}
+}
+
+func TestBootstrapRefusals(t *testing.T) {
+	c := startCluster(t)
+
+	_, err := bootstrapAs(t, c, nobody)
+	if err == nil || !strings.Contains(err.Error(), "refused by RBAC") || !strings.Contains(err.Error(), `namespace "portcullis-system"`) {
+		t.Errorf("run without permissions: %v, want an RBAC refusal that says what to grant", err)
+	}
+
+	kubeconfig, err := c.Kubeconfig(kubetest.AdminUser)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	err = runBootstrap([]string{"-kubeconfig", kubeconfig, "-namespace", "does-not-exist"}, &out)
+	if err == nil || !strings.Contains(err.Error(), `namespace "does-not-exist" does not exist`) {
+		t.Errorf("run in a missing namespace: %v", err)
+	}
+
+	err = runBootstrap([]string{"-kubeconfig", kubeconfig}, &out)
+	if err == nil || !strings.Contains(err.Error(), "-namespace is required") {
+		t.Errorf("run without -namespace: %v", err)
+	}
+
+	// A CA Secret that does not hold a CA is never replaced.
+	ctx := context.Background()
+	broken := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "pc-control-plane-ca"}, Type: corev1.SecretTypeTLS,
+		Data: map[string][]byte{"tls.crt": []byte("garbage"), "tls.key": []byte("garbage")}}
+	if _, err := c.Client.CoreV1().Secrets(testNS).Create(ctx, broken, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = bootstrapAs(t, c, hookUser)
+	if err == nil || !strings.Contains(err.Error(), "never replaces a CA") {
+		t.Errorf("run with a broken CA secret: %v", err)
+	}
+}
