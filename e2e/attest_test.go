@@ -1,0 +1,129 @@
+package e2e
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+
+	attestv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/attest/v1"
+	"github.com/portcullis-mesh/portcullis/tools/stack"
+)
+
+// TestAttestedNodeAgents runs node agents that start with nothing but a projected-style token
+// (with the pod and node claims) and the control-plane CA bundle: each obtains its certificate
+// from citadel's node attestation, then serves SDS with it.
+func TestAttestedNodeAgents(t *testing.T) {
+	s, _ := startStackOpts(t, stack.Options{AttestedAgents: true})
+
+	for node, key := range map[string]string{"node-a": "shop/cart-0", "node-b": "shop/frontend-1"} {
+		svid, err := fetch(t, s, node, pod(t, key))
+		if err != nil {
+			t.Fatalf("SDS from the attested agent of %s: %v", node, err)
+		}
+		if got := svid.Leaf().URIs[0].String(); !strings.HasSuffix(got, "/ns/shop/sa/"+pod(t, key).ServiceAccount) {
+			t.Errorf("%s: SVID %s", key, got)
+		}
+	}
+	if got := attestMetric(t, s, "issued"); got != "2" {
+		t.Errorf("citadel counted %s attestations, want 2 (one per agent)", got)
+	}
+
+	conn := dialAttest(t, s)
+	client := attestv1.NewNodeAttestationServiceClient(conn)
+	csr := newAttestCSR(t)
+	token := func(p stack.Pod, aud string, ttl time.Duration) string {
+		tok, err := s.AttestToken(p, aud, ttl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	cart := pod(t, "shop/cart-0") // a workload on node-a, not a node agent
+	lying := stack.AgentPod("node-b")
+	lying.Node = "node-a" // the pod runs on node-b; the token claims node-a
+
+	for _, tc := range []struct {
+		name  string
+		token string
+		code  codes.Code
+		says  string
+	}{
+		{"workload audience", token(stack.AgentPod("node-a"), stack.TokenAudience, time.Hour), codes.Unauthenticated, "audience"},
+		{"expired token", token(stack.AgentPod("node-a"), stack.AttestAudience, -5*time.Minute), codes.Unauthenticated, "expired"},
+		{"workload's service account", token(cart, stack.AttestAudience, time.Hour), codes.PermissionDenied, "service account shop/cart"},
+		{"pod not on the claimed node", token(lying, stack.AttestAudience, time.Hour), codes.PermissionDenied, `runs on node "node-b", not on node "node-a"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := client.AttestNode(ctx, &attestv1.AttestNodeRequest{Token: tc.token, Csr: csr})
+			wantCode(t, err, tc.code, tc.says)
+		})
+	}
+	if got := attestMetric(t, s, "Unauthenticated"); got != "2" {
+		t.Errorf("Unauthenticated refusals counted: %s, want 2", got)
+	}
+	if got := attestMetric(t, s, "PermissionDenied"); got != "2" {
+		t.Errorf("PermissionDenied refusals counted: %s, want 2", got)
+	}
+}
+
+// dialAttest connects to citadel's attest listener as an agent does: no client certificate,
+// trusting the control-plane CA.
+func dialAttest(t *testing.T, s *stack.Stack) *grpc.ClientConn {
+	t.Helper()
+	roots := x509.NewCertPool()
+	roots.AddCert(s.CA().Certificate())
+	conn, err := grpc.NewClient(s.AttestAddr(), grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+func newAttestCSR(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
+}
+
+// attestMetric reads citadel's attestation counter for result from its /metrics.
+func attestMetric(t *testing.T, s *stack.Stack, result string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + s.Process(stack.Citadel).Addr("admin") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := `portcullis_citadel_attest_requests_total{result="` + result + `"} `
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, prefix); ok {
+			return v
+		}
+	}
+	return "0"
+}
