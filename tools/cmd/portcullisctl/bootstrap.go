@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -56,6 +57,7 @@ type bootstrapConfig struct {
 	caValidity   time.Duration
 	certValidity time.Duration
 	timeout      time.Duration
+	rotation     string // "", or a rotationStep
 }
 
 func runBootstrap(args []string, out io.Writer) error {
@@ -69,6 +71,7 @@ func runBootstrap(args []string, out io.Writer) error {
 	fs.DurationVar(&c.caValidity, "ca-validity", 8760*time.Hour, "lifetime of a new control-plane CA")
 	fs.DurationVar(&c.certValidity, "cert-validity", 2160*time.Hour, "lifetime of a new service certificate (cut at the CA's expiry)")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "bound on the whole run")
+	fs.StringVar(&c.rotation, "ca-rotation", "", "operator step of a control-plane CA rotation: prepare, activate or retire (docs/control-plane-identity.md)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -105,6 +108,11 @@ func (c bootstrapConfig) validate() (spiffeid.TrustDomain, error) {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("-trust-domain %q: %w", c.trustDomain, err))
 	}
+	switch c.rotation {
+	case "", rotationPrepare, rotationActivate, rotationRetire:
+	default:
+		errs = append(errs, fmt.Errorf("-ca-rotation %q: want prepare, activate or retire", c.rotation))
+	}
 	if c.certValidity < time.Hour || c.caValidity < c.certValidity {
 		errs = append(errs, fmt.Errorf("-cert-validity (%s) must be at least 1h and at most -ca-validity (%s)", c.certValidity, c.caValidity))
 	}
@@ -120,11 +128,24 @@ type bootstrapper struct {
 }
 
 func (b *bootstrapper) run(ctx context.Context) error {
+	if b.cfg.rotation == rotationActivate {
+		if err := b.activateNextCA(ctx); err != nil {
+			return err
+		}
+	}
 	ca, err := b.ensureCA(ctx)
 	if err != nil {
 		return err
 	}
-	bundle, err := b.ensureBundle(ctx, ca)
+	trusted := []*x509.Certificate{ca.Certificate()}
+	next, err := b.nextCA(ctx, b.cfg.rotation == rotationPrepare)
+	if err != nil {
+		return err
+	}
+	if next != nil {
+		trusted = append(trusted, next.Certificate())
+	}
+	bundle, err := b.ensureBundle(ctx, trusted, b.cfg.rotation != rotationRetire)
 	if err != nil {
 		return err
 	}
@@ -198,10 +219,10 @@ func (b *bootstrapper) ensureCA(ctx context.Context) (*servicetls.BootstrapCA, e
 	return ca, nil
 }
 
-// ensureBundle makes the public ConfigMap hold the current CA. Other CAs already in it are kept
-// while they are valid: during a CA rotation the old CA stays trusted until it is removed from the
-// ConfigMap by hand (see docs/control-plane-identity.md).
-func (b *bootstrapper) ensureBundle(ctx context.Context, ca *servicetls.BootstrapCA) ([]byte, error) {
+// ensureBundle makes the public ConfigMap hold the trusted CAs (the current one first, then a
+// prepared next one). Other CAs already in it are kept while they are valid, unless keepOthers is
+// false: after a CA rotation the old CA stays trusted until the retire step drops it.
+func (b *bootstrapper) ensureBundle(ctx context.Context, trusted []*x509.Certificate, keepOthers bool) ([]byte, error) {
 	name := b.cfg.prefix + caSuffix
 	cms := b.client.CoreV1().ConfigMaps(b.cfg.namespace)
 	cm, err := cms.Get(ctx, name, metav1.GetOptions{})
@@ -209,16 +230,17 @@ func (b *bootstrapper) ensureBundle(ctx context.Context, ca *servicetls.Bootstra
 		return nil, b.explain("get", "configmap", name, err)
 	}
 	var kept []*x509.Certificate
-	if err == nil {
+	if err == nil && keepOthers {
 		if certs, perr := pemcerts.Parse([]byte(cm.Data[caBundleKey])); perr == nil {
 			for _, c := range certs {
-				if b.now().Before(c.NotAfter) && !c.Equal(ca.Certificate()) {
+				if b.now().Before(c.NotAfter) && !slices.ContainsFunc(trusted, c.Equal) {
 					kept = append(kept, c)
 				}
 			}
 		}
 	}
-	bundle := pemcerts.Encode(append([]*x509.Certificate{ca.Certificate()}, kept...))
+	all := append(slices.Clone(trusted), kept...)
+	bundle := pemcerts.Encode(all)
 	if err != nil { // not found
 		_, err = cms.Create(ctx, &corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: b.labels()},
@@ -242,7 +264,7 @@ func (b *bootstrapper) ensureBundle(ctx context.Context, ca *servicetls.Bootstra
 	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		return nil, b.explain("update", "configmap", name, err)
 	}
-	b.report("configmap/%s: updated (%d CA certificates)", name, 1+len(kept))
+	b.report("configmap/%s: updated (%d CA certificates)", name, len(all))
 	return bundle, nil
 }
 

@@ -179,35 +179,77 @@ func TestBootstrap(t *testing.T) {
 	}
 }
 
-func TestBootstrapAfterCARotation(t *testing.T) {
+func bundleOf(t *testing.T, c *kubetest.Cluster) []*x509.Certificate {
+	t.Helper()
+	cm, err := c.Client.CoreV1().ConfigMaps(testNS).Get(context.Background(), "pc-control-plane-ca", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := pemcerts.Parse([]byte(cm.Data["ca.crt"]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, svc := range bootstrapServices {
+		if got := string(secret(t, c.Client, "pc-"+svc+"-tls").Data["ca.crt"]); got != cm.Data["ca.crt"] {
+			t.Errorf("secret pc-%s-tls: ca.crt is not the bundle of the configmap", svc)
+		}
+	}
+	return certs
+}
+
+func TestBootstrapCARotation(t *testing.T) {
 	c := startCluster(t)
 	ctx := context.Background()
 	if out, err := bootstrapAs(t, c, hookUser); err != nil {
 		t.Fatalf("first run: %v\n%s", err, out)
 	}
-	oldCA := secret(t, c.Client, "pc-control-plane-ca").Data["tls.crt"]
-	// The documented rotation: delete the CA Secret; the next run makes a new CA, keeps the old
-	// one in the bundle, and re-issues every service certificate under the new one.
-	if err := c.Client.CoreV1().Secrets(testNS).Delete(ctx, "pc-control-plane-ca", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
+	if _, err := bootstrapAs(t, c, hookUser, "-ca-rotation", "activate"); err == nil || !strings.Contains(err.Error(), "run -ca-rotation=prepare first") {
+		t.Fatalf("activate without prepare: %v", err)
 	}
-	out, err := bootstrapAs(t, c, hookUser)
+	oldCA := secret(t, c.Client, "pc-control-plane-ca").Data["tls.crt"]
+	oldCitadel := secret(t, c.Client, "pc-citadel-tls").Data["tls.crt"]
+
+	// prepare: a next CA, trusted everywhere; no certificate changes yet.
+	out, err := bootstrapAs(t, c, hookUser, "-ca-rotation", "prepare")
 	if err != nil {
-		t.Fatalf("run after rotation: %v\n%s", err, out)
+		t.Fatalf("prepare: %v\n%s", err, out)
+	}
+	next := secret(t, c.Client, "pc-control-plane-ca-next").Data["tls.crt"]
+	if certs := bundleOf(t, c); len(certs) != 2 || string(pemcerts.Encode(certs[:1])) != string(oldCA) {
+		t.Fatalf("bundle after prepare holds %d certificates, want the current CA first and the next one", len(certs))
+	}
+	if !bytes.Equal(secret(t, c.Client, "pc-citadel-tls").Data["tls.crt"], oldCitadel) || strings.Count(out, "ca.crt updated") != 4 {
+		t.Errorf("prepare must only add the next CA to the bundles:\n%s", out)
+	}
+	before := snapshot(t, c.Client)
+	if out, err := bootstrapAs(t, c, hookUser); err != nil || !maps.Equal(before, snapshot(t, c.Client)) {
+		t.Fatalf("a plain run during a prepared rotation changed objects (%v):\n%s", err, out)
+	}
+
+	// activate: the next CA signs; every service certificate is re-issued; the old CA stays trusted.
+	out, err = bootstrapAs(t, c, hookUser, "-ca-rotation", "activate")
+	if err != nil {
+		t.Fatalf("activate: %v\n%s", err, out)
+	}
+	if got := secret(t, c.Client, "pc-control-plane-ca").Data["tls.crt"]; !bytes.Equal(got, next) {
+		t.Error("the CA secret does not hold the prepared CA")
+	}
+	if _, err := c.Client.CoreV1().Secrets(testNS).Get(ctx, "pc-control-plane-ca-next", metav1.GetOptions{}); err == nil {
+		t.Error("the next CA secret is still there after activate")
 	}
 	if strings.Count(out, "not valid under the current CA") != 4 {
 		t.Errorf("want every service certificate renewed under the new CA:\n%s", out)
 	}
-	cm, err := c.Client.CoreV1().ConfigMaps(testNS).Get(ctx, "pc-control-plane-ca", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
+	if certs := bundleOf(t, c); len(certs) != 2 || string(pemcerts.Encode(certs[:1])) != string(next) {
+		t.Fatalf("bundle after activate holds %d certificates, want the new CA first and the old one", len(certs))
 	}
-	certs, err := pemcerts.Parse([]byte(cm.Data["ca.crt"]))
-	if err != nil || len(certs) != 2 || !strings.Contains(cm.Data["ca.crt"], strings.TrimSpace(string(oldCA))) {
-		t.Fatalf("bundle after rotation holds %d certificates (%v), want the new CA and the old one", len(certs), err)
+
+	// retire: only the new CA is left.
+	if out, err := bootstrapAs(t, c, hookUser, "-ca-rotation", "retire"); err != nil {
+		t.Fatalf("retire: %v\n%s", err, out)
 	}
-	if got := string(secret(t, c.Client, "pc-mcp-sync-tls").Data["ca.crt"]); got != cm.Data["ca.crt"] {
-		t.Error("service secret's ca.crt is not the two-CA bundle")
+	if certs := bundleOf(t, c); len(certs) != 1 || string(pemcerts.Encode(certs)) != string(next) {
+		t.Fatalf("bundle after retire holds %d certificates, want the new CA only", len(certs))
 	}
 }
 
