@@ -69,5 +69,5 @@ func (r *readiness) check() error {
 	if f := r.current.Load(); f != nil {
 		return (*f)()
 	}
-	return errors.New("no control-plane certificate yet (node attestation in progress)")
+	return errors.New("starting: no control-plane certificate yet (with -attest-addr: node attestation in progress)")
 }
