@@ -194,14 +194,19 @@ func (c *Client) First(ctx context.Context) (*x509svid.SVID, error) {
 	}
 }
 
-// Run renews the certificate of r at half its lifetime until ctx ends. A failed renewal is
-// retried with backoff; the current certificate stays in use meanwhile.
+// Run renews the certificate of r at half its remaining lifetime, counted from when it was
+// received (certificates are backdated against clock skew, so NotBefore would renew too early),
+// until ctx ends. A failed renewal is retried with backoff; the current certificate stays in use
+// meanwhile.
 func (c *Client) Run(ctx context.Context, r *servicetls.Rotating) error {
 	backoff := minBackoff
+	received := c.cfg.Clock.Now()
 	for {
 		leaf := r.Current().Certificates[0]
-		wait := renewAt(leaf).Sub(c.cfg.Clock.Now())
-		if err := c.sleep(ctx, wait); err != nil {
+		// Never sooner than minBackoff: a certificate cut short by an expiring CA must not make
+		// the agent attest in a tight loop.
+		renewAt := received.Add(max(leaf.NotAfter.Sub(received)/2, minBackoff))
+		if err := c.sleep(ctx, renewAt.Sub(c.cfg.Clock.Now())); err != nil {
 			return nil
 		}
 		svid, err := c.Attest(ctx)
@@ -217,14 +222,9 @@ func (c *Client) Run(ctx context.Context, r *servicetls.Rotating) error {
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
-		backoff = minBackoff
+		backoff, received = minBackoff, c.cfg.Clock.Now()
 		c.cfg.Logger.Info("node agent certificate renewed", "spiffe_id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
 	}
-}
-
-// renewAt is the half-life of a certificate: the Istio and SPIRE default for renewals.
-func renewAt(leaf *x509.Certificate) time.Time {
-	return leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 2)
 }
 
 // jittered spreads retries of many agents by ±20%.

@@ -237,3 +237,44 @@ func TestRunRenewsAtHalfLifeWithTheRefreshedToken(t *testing.T) {
 		t.Error("renewal reused the key")
 	}
 }
+
+func TestRunRetriesAFailedRenewalSoon(t *testing.T) {
+	f := start(t, servicetls.Citadel)
+	clk := clocktesting.NewFakeClock(time.Now())
+	c := f.client(t, clk)
+	first, err := c.Attest(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotating, err := servicetls.NewRotating(first, f.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.citadel.mu.Lock()
+	f.citadel.refuse, f.citadel.calls = 1, 0
+	f.citadel.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctxT(t))
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx, rotating) }()
+	defer func() { cancel(); <-done }()
+
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	calls := func() int { f.citadel.mu.Lock(); defer f.citadel.mu.Unlock(); return f.citadel.calls }
+	waitFor("Run to wait for the half-life", clk.HasWaiters)
+	clk.Step(31 * time.Minute)
+	waitFor("the refused renewal", func() bool { return calls() == 1 && clk.HasWaiters() })
+	if rotating.Current() != first {
+		t.Fatal("a refused renewal replaced the certificate")
+	}
+	clk.Step(2 * time.Second) // the first backoff (1s ±20%), not another half-life
+	waitFor("the retried renewal", func() bool { return rotating.Current() != first })
+}
