@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"io"
 	"net/http"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -72,11 +74,12 @@ func TestAttestedNodeAgents(t *testing.T) {
 			wantCode(t, err, tc.code, tc.says)
 		})
 	}
+	t.Run("agent that cannot attest yet", func(t *testing.T) { testAgentNotReadyUntilAttested(t, s) })
 	if got := attestMetric(t, s, "Unauthenticated"); got != "2" {
 		t.Errorf("Unauthenticated refusals counted: %s, want 2", got)
 	}
-	if got := attestMetric(t, s, "PermissionDenied"); got != "2" {
-		t.Errorf("PermissionDenied refusals counted: %s, want 2", got)
+	if got, _ := strconv.Atoi(attestMetric(t, s, "PermissionDenied")); got < 4 { // the 2 above, and the agent's retries
+		t.Errorf("PermissionDenied refusals counted: %d, want at least 4", got)
 	}
 }
 
@@ -165,4 +168,62 @@ func TestAttestedAgentRenews(t *testing.T) {
 	if strings.Contains(agent.Tail(), "renewing the node agent certificate failed") {
 		t.Errorf("a renewal failed:\n%s", agent.Tail())
 	}
+}
+
+// testAgentNotReadyUntilAttested restarts node-b's agent with a token of another service account:
+// it keeps retrying with backoff and is not ready; once the token file holds a good token (as when
+// the kubelet refreshes it), the agent attests, opens its SDS socket and serves.
+func testAgentNotReadyUntilAttested(t *testing.T, s *stack.Stack) {
+	agent := s.Agent("node-b")
+	if err := agent.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	wrong := stack.AgentPod("node-b")
+	wrong.ServiceAccount = "default"
+	writeToken := func(p stack.Pod) {
+		tok, err := s.AttestToken(p, stack.AttestAudience, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(s.AttestTokenFile("node-b"), []byte(tok), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeToken(wrong)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := s.ResumeWaitingFor(ctx, "nodeagent-node-b", "admin"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "two refused attempts", func() bool {
+		return strings.Count(agent.Tail(), "node attestation failed; retrying") >= 2
+	})
+	if !strings.Contains(agent.Tail(), "service account portcullis/default") {
+		t.Errorf("the agent's log does not say why it was refused:\n%s", agent.Tail())
+	}
+	code, body := getAdmin(t, agent.Addr("admin"), "/readyz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(body, "no control-plane certificate yet") {
+		t.Fatalf("/readyz while attesting = %d %q, want 503 saying why", code, body)
+	}
+	if agent.Addr("sds") != "" {
+		t.Fatal("the agent opened its SDS socket without a certificate")
+	}
+
+	writeToken(stack.AgentPod("node-b"))
+	eventually(t, "the SDS socket after attestation", func() bool { return agent.Addr("sds") != "" })
+	eventually(t, "readiness", func() bool { code, _ := getAdmin(t, agent.Addr("admin"), "/readyz"); return code == http.StatusOK })
+	if _, err := fetch(t, s, "node-b", pod(t, "shop/frontend-1")); err != nil {
+		t.Fatalf("SDS once attested: %v", err)
+	}
+}
+
+func getAdmin(t *testing.T, addr, path string) (int, string) {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }

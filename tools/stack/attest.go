@@ -76,7 +76,7 @@ func (s *Stack) addAttestedAgent(ctx context.Context, node string, args []string
 	if err != nil {
 		return err
 	}
-	tokenFile := filepath.Join(s.opts.Dir, "nodes", node, "attest-token")
+	tokenFile := s.AttestTokenFile(node)
 	if err := os.MkdirAll(filepath.Dir(tokenFile), 0o700); err != nil {
 		return err
 	}
@@ -91,6 +91,12 @@ func (s *Stack) addAttestedAgent(ctx context.Context, node string, args []string
 	s.procs[name] = p
 	s.order = append(s.order, name)
 	return p.start(ctx, "sds", "admin")
+}
+
+// AttestTokenFile is where a node's attested agent reads its token (tests may replace it, as the
+// kubelet refreshes a projected token).
+func (s *Stack) AttestTokenFile(node string) string {
+	return filepath.Join(s.opts.Dir, "nodes", node, "attest-token")
 }
 
 // AttestAddr is citadel's node attestation address (with Options.AttestedAgents).

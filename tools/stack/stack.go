@@ -216,7 +216,15 @@ func (s *Stack) Restart(ctx context.Context, name string) error {
 }
 
 // Resume starts a stopped or killed service again on the addresses it had.
-func (s *Stack) Resume(ctx context.Context, name string) error {
+func (s *Stack) Resume(ctx context.Context, name string) error { return s.resume(ctx, name, nil) }
+
+// ResumeWaitingFor is Resume, but waits only for the given listeners (e.g. the "admin" of an
+// agent that cannot attest yet, and so opens no SDS socket).
+func (s *Stack) ResumeWaitingFor(ctx context.Context, name string, listeners ...string) error {
+	return s.resume(ctx, name, listeners)
+}
+
+func (s *Stack) resume(ctx context.Context, name string, only []string) error {
 	p := s.procs[name]
 	args := append([]string(nil), p.args...)
 	var want []string
@@ -239,6 +247,9 @@ func (s *Stack) Resume(ctx context.Context, name string) error {
 		}
 	}
 	p.args = args
+	if only != nil {
+		want = only
+	}
 	return p.start(ctx, want...)
 }
 
