@@ -99,8 +99,8 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	a.id, a.issuer = id, iss
 	a.health = health.NewServer()
 	a.setServing(healthpb.HealthCheckResponse_NOT_SERVING)
-	srv := grpcapi.New(grpcapi.Config{Issuer: iss, Bundles: a.bundles, Logger: logger})
-	a.grpc = grpcapi.NewGRPCServer(id.ServerCredentials(), srv, a.health)
+	srv := grpcapi.New(grpcapi.Config{Issuer: iss, Bundles: a.bundles, Logger: logger, Metrics: m})
+	a.grpc = grpcapi.NewGRPCServer(grpcapi.ServerCredentials(id, m, logger), srv, a.health)
 	return a, nil
 }
 

@@ -32,6 +32,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/rotationevents"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sdslimits"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
 
@@ -115,19 +116,27 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		Signer: citadel, Bundles: citadel, Clock: clock.RealClock{}, Logger: a.logger, Observe: m, Rotations: m,
 		TTL: a.cfg.CertTTL, KeyType: keyType, Jitter: a.cfg.RenewJitter, Refresh: a.cfg.BundleRefresh,
 	})
+	limits, err := sdslimits.New(sdslimits.Config{
+		FirstRequestTimeout: a.cfg.SDS.FirstRequestTimeout, MaxUnauthenticated: a.cfg.SDS.MaxUnauthenticated,
+		MaxStreamsPerConn: a.cfg.SDS.MaxStreamsPerConn, MaxStreamsPerCaller: a.cfg.SDS.MaxStreamsPerPod,
+		Observer: m, Logger: a.logger,
+	})
+	if err != nil {
+		return err
+	}
 	sdsServer := sds.New(sds.Config{
 		Auth: &identity.Authenticator{
 			// Each SDS stream of a pod presents the same token: check its signature once.
 			Verifier: workloadtoken.NewCachedVerifier(a.verifier, nil, verifiedTokenMaxAge, verifiedTokenCacheSize),
 			Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td,
 		},
-		Secrets: manager, Logger: a.logger, Observe: m,
+		Secrets: manager, Logger: a.logger, Observe: m, Callers: limits,
 	})
 	lis, err := a.listenSocket()
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(limits.ServerOptions()...)
 	secretv3.RegisterSecretDiscoveryServiceServer(srv, sdsServer)
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)

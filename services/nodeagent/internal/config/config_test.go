@@ -68,6 +68,10 @@ func TestValidateRejects(t *testing.T) {
 		{"jitter too wide", func(c *Config) { c.RenewJitter = 0.3 }, "-renew-jitter"},
 		{"no jitter", func(c *Config) { c.RenewJitter = 0 }, "-renew-jitter"},
 		{"no mTLS", func(c *Config) { c.TLS.CAFile = "" }, "-tls-ca"},
+		{"no first-request deadline", func(c *Config) { c.SDS.FirstRequestTimeout = 0 }, "-sds-first-request-timeout"},
+		{"no unauthenticated streams", func(c *Config) { c.SDS.MaxUnauthenticated = 0 }, "-sds-max-unauthenticated-streams"},
+		{"no streams per connection", func(c *Config) { c.SDS.MaxStreamsPerConn = -1 }, "-sds-max-streams-per-conn"},
+		{"no streams per pod", func(c *Config) { c.SDS.MaxStreamsPerPod = 0 }, "-sds-max-streams-per-pod"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := valid(t)
