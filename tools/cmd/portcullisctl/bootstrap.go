@@ -30,7 +30,7 @@ Creates, or renews, the control-plane identities of a Portcullis install in its 
   Secret    <prefix>-control-plane-ca   kubernetes.io/tls: the control-plane CA (only citadel mounts it)
   ConfigMap <prefix>-control-plane-ca   ca.crt: the CA bundle (public; node agents mount it)
   Secrets   <prefix>-{citadel,kms-adapter,mcp-sync,admin}-tls   kubernetes.io/tls + ca.crt
-Idempotent: what exists is kept; a service certificate is renewed when less than a third of its
+With -delete it removes them all (the chart's post-delete hook). Idempotent: what exists is kept; a service certificate is renewed when less than a third of its
 life is left or when it was not signed by the current CA. The CA itself is never replaced.
 `
 
@@ -58,6 +58,7 @@ type bootstrapConfig struct {
 	certValidity time.Duration
 	timeout      time.Duration
 	rotation     string // "", or a rotationStep
+	remove       bool
 }
 
 func runBootstrap(args []string, out io.Writer) error {
@@ -71,6 +72,7 @@ func runBootstrap(args []string, out io.Writer) error {
 	fs.DurationVar(&c.caValidity, "ca-validity", 8760*time.Hour, "lifetime of a new control-plane CA")
 	fs.DurationVar(&c.certValidity, "cert-validity", 2160*time.Hour, "lifetime of a new service certificate (cut at the CA's expiry)")
 	fs.DurationVar(&c.timeout, "timeout", 2*time.Minute, "bound on the whole run")
+	fs.BoolVar(&c.remove, "delete", false, "delete every object the bootstrap makes, the CA included (the chart's post-delete hook)")
 	fs.StringVar(&c.rotation, "ca-rotation", "", "operator step of a control-plane CA rotation: prepare, activate or retire (docs/control-plane-identity.md)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -113,6 +115,9 @@ func (c bootstrapConfig) validate() (spiffeid.TrustDomain, error) {
 	default:
 		errs = append(errs, fmt.Errorf("-ca-rotation %q: want prepare, activate or retire", c.rotation))
 	}
+	if c.remove && c.rotation != "" {
+		errs = append(errs, errors.New("-delete and -ca-rotation exclude each other"))
+	}
 	if c.certValidity < time.Hour || c.caValidity < c.certValidity {
 		errs = append(errs, fmt.Errorf("-cert-validity (%s) must be at least 1h and at most -ca-validity (%s)", c.certValidity, c.caValidity))
 	}
@@ -128,6 +133,9 @@ type bootstrapper struct {
 }
 
 func (b *bootstrapper) run(ctx context.Context) error {
+	if b.cfg.remove {
+		return b.deleteAll(ctx)
+	}
 	if b.cfg.rotation == rotationActivate {
 		if err := b.activateNextCA(ctx); err != nil {
 			return err
@@ -353,4 +361,37 @@ func (b *bootstrapper) renewalReason(s *corev1.Secret, ca *servicetls.BootstrapC
 		return fmt.Sprintf("%s of %s left", left.Round(time.Minute), life.Round(time.Minute))
 	}
 	return ""
+}
+
+// deleteAll removes every object the bootstrap makes; absent ones are fine.
+func (b *bootstrapper) deleteAll(ctx context.Context) error {
+	secrets := b.client.CoreV1().Secrets(b.cfg.namespace)
+	names := []string{b.cfg.prefix + caSuffix, b.cfg.prefix + nextCASuffix}
+	for _, svc := range bootstrapServices {
+		names = append(names, b.cfg.prefix+"-"+svc+"-tls")
+	}
+	for _, name := range names {
+		err := secrets.Delete(ctx, name, metav1.DeleteOptions{})
+		switch {
+		case err == nil:
+			b.report("secret/%s: deleted", name)
+		case apierrors.IsNotFound(err):
+			b.report("secret/%s: absent", name)
+		case apierrors.IsForbidden(err) && name == b.cfg.prefix+nextCASuffix:
+			b.report("secret/%s: not deleted (RBAC allows no access to it; it exists only during a CA rotation)", name)
+		default:
+			return b.explain("delete", "secret", name, err)
+		}
+	}
+	name := b.cfg.prefix + caSuffix
+	err := b.client.CoreV1().ConfigMaps(b.cfg.namespace).Delete(ctx, name, metav1.DeleteOptions{})
+	switch {
+	case err == nil:
+		b.report("configmap/%s: deleted", name)
+	case apierrors.IsNotFound(err):
+		b.report("configmap/%s: absent", name)
+	default:
+		return b.explain("delete", "configmap", name, err)
+	}
+	return nil
 }

@@ -37,7 +37,7 @@ type env struct {
 func TestBootstrap(t *testing.T) {
 	c := kubetest.Start(t, kubetest.Options{Users: []string{nobody, hookUser}})
 	for name, run := range map[string]func(*testing.T, env){
-		"lifecycle": testLifecycle, "ca-rotation": testCARotation, "refusals": testRefusals,
+		"lifecycle": testLifecycle, "ca-rotation": testCARotation, "refusals": testRefusals, "delete": testDelete,
 	} {
 		t.Run(name, func(t *testing.T) { run(t, newEnv(t, c, "pc-"+name)) })
 	}
@@ -49,9 +49,13 @@ func newEnv(t *testing.T, c *kubetest.Cluster, ns string) env {
 	if _, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// What the chart gives the hook Job's ServiceAccount: a Role in the release namespace only.
+	// What the chart gives the hook Job's ServiceAccount (charts/portcullis/templates/bootstrap.yaml):
+	// a Role in the release namespace only, and no access but create to objects it does not make.
 	role := &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "bootstrap"}, Rules: []rbacv1.PolicyRule{{
-		APIGroups: []string{""}, Resources: []string{"secrets", "configmaps"}, Verbs: []string{"get", "create", "update"},
+		APIGroups: []string{""}, Resources: []string{"secrets", "configmaps"}, Verbs: []string{"create"},
+	}, {
+		APIGroups: []string{""}, Resources: []string{"secrets", "configmaps"}, Verbs: []string{"get", "update", "delete"},
+		ResourceNames: []string{"pc-control-plane-ca", "pc-citadel-tls", "pc-kms-adapter-tls", "pc-mcp-sync-tls", "pc-admin-tls"},
 	}}}
 	if _, err := c.Client.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -291,5 +295,34 @@ func testRefusals(t *testing.T, e env) {
 	_, err = e.bootstrapAs(t, hookUser)
 	if err == nil || !strings.Contains(err.Error(), "never replaces a CA") {
 		t.Errorf("run with a broken CA secret: %v", err)
+	}
+}
+
+func testDelete(t *testing.T, e env) {
+	if out, err := e.bootstrapAs(t, hookUser); err != nil {
+		t.Fatalf("first run: %v\n%s", err, out)
+	}
+	out, err := e.bootstrapAs(t, hookUser, "-delete")
+	if err != nil {
+		t.Fatalf("-delete: %v\n%s", err, out)
+	}
+	if strings.Count(out, ": deleted") != 6 {
+		t.Errorf("want 6 objects deleted:\n%s", out)
+	}
+	ctx := context.Background()
+	secrets, err := e.c.Client.CoreV1().Secrets(e.ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cms, err := e.c.Client.CoreV1().ConfigMaps(e.ns).List(ctx, metav1.ListOptions{LabelSelector: managedByKey + "=" + managedBy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(secrets.Items)+len(cms.Items) != 0 {
+		t.Errorf("%d secrets and %d configmaps left after -delete", len(secrets.Items), len(cms.Items))
+	}
+	// Again, on nothing: still fine (the hook may be retried).
+	if out, err := e.bootstrapAs(t, hookUser, "-delete"); err != nil || strings.Count(out, ": absent") != 6 {
+		t.Fatalf("-delete twice: %v\n%s", err, out)
 	}
 }
