@@ -22,6 +22,7 @@ const caCheckInterval = 5 * time.Second
 type CAFiles struct {
 	td                spiffeid.TrustDomain
 	certFile, keyFile string
+	interval          time.Duration
 
 	mu      sync.Mutex
 	ca      *servicetls.BootstrapCA
@@ -31,7 +32,7 @@ type CAFiles struct {
 
 // LoadCAFiles reads the CA; it fails if the files do not hold a CA certificate and its key.
 func LoadCAFiles(td spiffeid.TrustDomain, certFile, keyFile string) (*CAFiles, error) {
-	c := &CAFiles{td: td, certFile: certFile, keyFile: keyFile}
+	c := &CAFiles{td: td, certFile: certFile, keyFile: keyFile, interval: caCheckInterval}
 	ca, stamp, err := c.load()
 	if err != nil {
 		return nil, err
@@ -63,7 +64,7 @@ func (c *CAFiles) load() (*servicetls.BootstrapCA, [2]time.Time, error) {
 func (c *CAFiles) current() *servicetls.BootstrapCA {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if time.Since(c.checked) < caCheckInterval {
+	if time.Since(c.checked) < c.interval {
 		return c.ca
 	}
 	c.checked = time.Now()
