@@ -11,6 +11,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/attestclient"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/config"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/metrics"
 )
 
 // loadIdentity reads the agent's control-plane certificate from its files, or returns nil when it
@@ -38,7 +39,7 @@ func (a *App) obtainIdentity(ctx context.Context, g *errgroup.Group) error {
 		return nil
 	}
 	client, err := attestclient.New(attestclient.Config{Addr: a.cfg.Attest.Addr, TokenFile: a.cfg.Attest.TokenFile,
-		CAFile: a.cfg.TLS.CAFile, NodeName: a.cfg.NodeName, Logger: a.logger})
+		CAFile: a.cfg.TLS.CAFile, NodeName: a.cfg.NodeName, Logger: a.logger, Observe: metrics.NewAttest(a.reg)})
 	if err != nil {
 		return err
 	}

@@ -46,7 +46,20 @@ type Config struct {
 	NodeName  string
 	Clock     clock.Clock // nil: the real clock
 	Logger    *slog.Logger
+	Observe   Observer // nil: not observed
 }
+
+// Observer is told of every attestation's outcome (metrics.Attest satisfies it). Its methods
+// must be safe for concurrent use.
+type Observer interface {
+	Attested(notAfter time.Time)
+	AttestFailed()
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Attested(time.Time) {}
+func (nopObserver) AttestFailed()      {}
 
 // Client attests this node to citadel. It is safe for concurrent use.
 type Client struct {
@@ -59,6 +72,9 @@ type Client struct {
 func New(cfg Config) (*Client, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Observe == nil {
+		cfg.Observe = nopObserver{}
 	}
 	c := &Client{cfg: cfg}
 	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(credentials.NewTLS(c.tlsConfig())))
@@ -183,9 +199,11 @@ func (c *Client) First(ctx context.Context) (*x509svid.SVID, error) {
 	for {
 		svid, err := c.Attest(ctx)
 		if err == nil {
+			c.cfg.Observe.Attested(svid.Certificates[0].NotAfter)
 			c.cfg.Logger.Info("node attested", "spiffe_id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
 			return svid, nil
 		}
+		c.cfg.Observe.AttestFailed()
 		c.cfg.Logger.Warn("node attestation failed; retrying", "err", err, "retry_in", backoff)
 		if err := c.sleep(ctx, jittered(backoff)); err != nil {
 			return nil, err
@@ -214,6 +232,7 @@ func (c *Client) Run(ctx context.Context, r *servicetls.Rotating) error {
 			err = r.Set(svid)
 		}
 		if err != nil {
+			c.cfg.Observe.AttestFailed()
 			c.cfg.Logger.Warn("renewing the node agent certificate failed; retrying", "err", err,
 				"retry_in", backoff, "current_expires", leaf.NotAfter)
 			if err := c.sleep(ctx, jittered(backoff)); err != nil {
@@ -223,6 +242,7 @@ func (c *Client) Run(ctx context.Context, r *servicetls.Rotating) error {
 			continue
 		}
 		backoff, received = minBackoff, c.cfg.Clock.Now()
+		c.cfg.Observe.Attested(svid.Certificates[0].NotAfter)
 		c.cfg.Logger.Info("node agent certificate renewed", "spiffe_id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
 	}
 }

@@ -67,7 +67,23 @@ func (c *citadel) AttestNode(_ context.Context, req *attestv1.AttestNodeRequest)
 	return &attestv1.AttestNodeResponse{CertChain: [][]byte{leaf.Raw}, SpiffeId: id.String()}, nil
 }
 
+// observed counts what the client reports (safe for concurrent use).
+type observed struct {
+	mu               sync.Mutex
+	attested, failed int
+	expiry           time.Time
+}
+
+func (o *observed) Attested(notAfter time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.attested, o.expiry = o.attested+1, notAfter
+}
+
+func (o *observed) AttestFailed() { o.mu.Lock(); defer o.mu.Unlock(); o.failed++ }
+
 type fixture struct {
+	obs     observed
 	dir     string
 	caFile  string
 	tokFile string
@@ -112,7 +128,7 @@ func start(t *testing.T, serverService string) *fixture {
 func (f *fixture) client(t *testing.T, clk *clocktesting.FakeClock) *attestclient.Client {
 	t.Helper()
 	cfg := attestclient.Config{Addr: f.citadel.addr, TokenFile: f.tokFile, CAFile: f.caFile, NodeName: "node-a",
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Observe: &f.obs}
 	if clk != nil {
 		cfg.Clock = clk
 	}
@@ -192,6 +208,11 @@ func TestFirstRetriesUntilCitadelAgrees(t *testing.T) {
 	}
 	if svid.ID.String() != "spiffe://cluster.local/portcullis/nodeagent/node-a" || f.citadel.calls != 4 {
 		t.Fatalf("First = %s after %d calls, want node-a after 4", svid.ID, f.citadel.calls)
+	}
+	f.obs.mu.Lock()
+	defer f.obs.mu.Unlock()
+	if f.obs.failed != 3 || f.obs.attested != 1 || !f.obs.expiry.Equal(svid.Certificates[0].NotAfter) {
+		t.Errorf("observed %d failures and %d attestations (expiry %v), want 3 and 1 (%v)", f.obs.failed, f.obs.attested, f.obs.expiry, svid.Certificates[0].NotAfter)
 	}
 }
 
