@@ -6,6 +6,7 @@
 //	portcullisctl [flags] rotate-ca prepare|activate|retire [-force]
 //	portcullisctl [flags] force-rotate [-reason R] spiffe://td/ns/N/sa/S
 //	portcullisctl [flags] revoke [-reason R] spiffe://td/ns/N/sa/S
+//	portcullisctl bootstrap -namespace NS [flags]   (in-cluster control-plane identities; see bootstrap.go)
 package main
 
 import (
@@ -26,6 +27,10 @@ import (
 )
 
 func main() {
+	run := run
+	if len(os.Args) > 1 && os.Args[1] == "bootstrap" { // needs no admin TLS flags: see bootstrap.go
+		run = func(args []string, out io.Writer) error { return runBootstrap(args[1:], out) }
+	}
 	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "portcullisctl:", err)
 		os.Exit(1)

@@ -147,6 +147,9 @@ func (a *App) Run(ctx context.Context) error {
 		a.logger.Warn("no -nats-url: rotation events are not followed; the bundle is polled every -bundle-refresh")
 	}
 	g.Go(func() error { return a.refreshKeys(ctx) })
+	if err := a.serveAttest(ctx, g); err != nil {
+		return err
+	}
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, a.grpc, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: a.ready, Logger: a.logger}.Run(ctx)

@@ -53,6 +53,7 @@ type Config struct {
 	NATS          events.ConnConfig
 	BundleJitter  time.Duration
 	RotateJitter  time.Duration
+	Attest        Attest
 }
 
 // SDSLimits bound the streams on the SDS socket (see package sdslimits).
@@ -79,6 +80,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.RenewJitter, "renew-jitter", secrets.DefaultJitter, "renewal jitter as a fraction of lifetime, around the half-life")
 	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", 30*time.Second, "trust bundle poll interval")
 	c.TLS.RegisterFlags(fs)
+	c.Attest.RegisterFlags(fs)
 	c.NATS.RegisterFlags(fs)
 	fs.DurationVar(&c.BundleJitter, "bundle-jitter", 250*time.Millisecond, "spread of trust bundle refetches after a bundle event, so a fleet does not reach citadel at once")
 	fs.DurationVar(&c.RotateJitter, "rotate-jitter", 2*time.Minute, "spread of re-issues after a CA activation or a forced rotation (revocations are acted on at once)")
@@ -120,7 +122,7 @@ func (c *Config) Validate() error {
 	if c.BundleRefresh < time.Second {
 		errs = append(errs, errors.New("-bundle-refresh must be at least 1s"))
 	}
-	errs = append(errs, c.TLS.Validate(), c.NATS.Validate())
+	errs = append(errs, c.validateTLS(), c.NATS.Validate())
 	if c.BundleJitter < 0 || c.RotateJitter < 0 {
 		errs = append(errs, fmt.Errorf("-bundle-jitter (%s) and -rotate-jitter (%s) must not be negative", c.BundleJitter, c.RotateJitter))
 	}

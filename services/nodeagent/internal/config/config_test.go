@@ -130,3 +130,22 @@ func TestModeAndAudiences(t *testing.T) {
 		t.Fatalf("Audiences() = %q", got)
 	}
 }
+
+func TestAttestation(t *testing.T) {
+	c := valid(t)
+	c.Attest.Addr = "citadel:15013"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "-tls-cert and -tls-key exclude -attest-addr") {
+		t.Fatalf("Validate with both files and -attest-addr: %v", err)
+	}
+	c.TLS.CertFile, c.TLS.KeyFile = "", ""
+	if err := c.Validate(); err != nil {
+		t.Fatalf("attested agent with only -tls-ca refused: %v", err)
+	}
+	if c.Attest.TokenFile != "/var/run/secrets/portcullis/attest/token" {
+		t.Errorf("-attest-token-file default = %q", c.Attest.TokenFile)
+	}
+	c.TLS.CAFile = ""
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "-tls-ca is required") {
+		t.Fatalf("Validate without -tls-ca: %v", err)
+	}
+}
