@@ -29,11 +29,11 @@ import (
 // NonRootUser is the distroless "nonroot" user and group that /etc/passwd and /etc/group name.
 const NonRootUser = "65532:65532"
 
-// Annotations on the manifest's entry in index.json. containerd 1.6 names an imported image
-// after AnnotationContainerdImageName verbatim; it runs org.opencontainers.image.ref.name
-// through ctr's -base-name prefix filter and drops a full reference that does not match it.
-// So the full reference goes in the containerd annotation and, as the OCI image-layout spec
-// asks, only the tag goes in ref.name.
+// Annotations on the manifest's entry in index.json. containerd (and docker load) name an
+// imported image after AnnotationContainerdImageName first, verbatim; only without it do they
+// fall back to AnnotationRefName, which ctr's --base-name option filters and rewrites. So the
+// full reference goes in the containerd annotation and, as the OCI image-layout spec intends,
+// only the tag goes in ref.name (what skopeo's oci-archive:<file>:<tag> looks up).
 const (
 	AnnotationContainerdImageName = "io.containerd.image.name"
 	AnnotationRefName             = "org.opencontainers.image.ref.name"
