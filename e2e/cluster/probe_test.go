@@ -26,12 +26,12 @@ type probe struct {
 
 // probeStatus is sdsprobe's GET /status.
 type probeStatus struct {
-	SPIFFEID     string    `json:"spiffe_id"`
-	Serial       string    `json:"serial"`
-	NotAfter     string    `json:"not_after"`
-	BundleSHA256 []string  `json:"bundle_sha256"`
-	Updates      int       `json:"updates"`
-	LastError    string    `json:"last_error"`
+	SPIFFEID     string   `json:"spiffe_id"`
+	Serial       string   `json:"serial"`
+	NotAfter     string   `json:"not_after"`
+	BundleSHA256 []string `json:"bundle_sha256"`
+	Updates      int      `json:"updates"`
+	LastError    string   `json:"last_error"`
 }
 
 // handshake is sdsprobe's POST /handshake.
