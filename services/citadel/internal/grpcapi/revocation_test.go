@@ -20,7 +20,6 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/rotationevents"
 )
 
-
 var cart = spiffeid.RequireFromString(cartID)
 
 // revocation is kms-adapter's record of a revocation of id at revokedAt, with the certificates it
