@@ -189,3 +189,42 @@ func TestCorruptStateIsRefused(t *testing.T) {
 		t.Fatal("a corrupt revocation state was accepted")
 	}
 }
+
+// revokingMidSign revokes id while the wrapped backend signs.
+type revokingMidSign struct {
+	kms.Backend
+	store *revocation.Store
+	t     *testing.T
+}
+
+func (b revokingMidSign) Sign(ctx context.Context, req kms.SignRequest) ([]*x509.Certificate, error) {
+	chain, err := b.Backend.Sign(ctx, req)
+	if _, rerr := b.store.Revoke(req.ID); rerr != nil {
+		b.t.Fatal(rerr)
+	}
+	return chain, err
+}
+
+// A certificate whose signing was in flight when a revocation came in may have been signed before
+// it: it is not recorded, so it counts as revoked.
+func TestSignatureInFlightDuringARevocationCountsAsRevoked(t *testing.T) {
+	clk := clocktesting.NewFakeClock(t0)
+	dir := t.TempDir()
+	store, err := revocation.Open(revocation.Config{Dir: dir, MaxLifetime: maxTTL + local.ClockSkew, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := local.New(local.Config{StateDir: dir, TrustDomain: td, DefaultTTL: time.Hour, MaxTTL: maxTTL,
+		RootTTL: 100 * maxTTL, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.Revoke(cart); err != nil { // an earlier revocation: signing records replacements
+		t.Fatal(err)
+	}
+	clk.Step(time.Second)
+	inFlight := sign(t, revocation.Wrap(revokingMidSign{ca, store, t}, store), cart)
+	if !revoked(t, store, cart, inFlight) {
+		t.Fatal("a certificate signed across a revocation counts as its replacement")
+	}
+}
