@@ -153,13 +153,8 @@ func (s *Source) apply(next *state) {
 	var revoked []spiffeid.ID
 	s.mu.Lock()
 	cur := s.current
-	switch {
-	case cur != nil && next.version < cur.version:
+	if cur != nil && next.version < cur.version {
 		// A fetch that raced a newer one: keep the newer state.
-		s.mu.Unlock()
-		return
-	case cur != nil && next.version == cur.version:
-		cur.fetchedAt = next.fetchedAt
 		s.mu.Unlock()
 		return
 	}
