@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"strings"
 	"testing"
 	"time"
 
@@ -63,8 +64,8 @@ func TestRevocationSurvivesRestartsAndTheReplacementRenewsByProof(t *testing.T) 
 	wantRevoked := func(when string) {
 		t.Helper()
 		err := renewWithProof(ctx, t, citadel, revoked)
-		if status.Code(err) != codes.Unauthenticated {
-			t.Fatalf("%s: renewal proof by the revoked certificate: %v, want Unauthenticated", when, err)
+		if status.Code(err) != codes.Unauthenticated || !strings.Contains(status.Convert(err).Message(), "was revoked") {
+			t.Fatalf("%s: renewal proof by the revoked certificate: %v, want Unauthenticated: … was revoked", when, err)
 		}
 	}
 	wantRevoked("before any restart")
@@ -101,7 +102,15 @@ func renewWithProof(ctx context.Context, t *testing.T, c authv1.IstioCertificate
 	if err != nil {
 		t.Fatal(err)
 	}
-	proof, err := renewalproof.New([]*x509.Certificate{held.Leaf()}, held.Cert.PrivateKey.(crypto.Signer), der)
+	var chain []*x509.Certificate
+	for _, c := range held.Cert.Certificate {
+		cert, err := x509.ParseCertificate(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain = append(chain, cert)
+	}
+	proof, err := renewalproof.New(chain, held.Cert.PrivateKey.(crypto.Signer), der)
 	if err != nil {
 		t.Fatal(err)
 	}
