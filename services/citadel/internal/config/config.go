@@ -61,7 +61,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DefaultTTL, "default-ttl", DefaultTTL, "workload certificate lifetime when the request asks for none")
 	fs.DurationVar(&c.MaxTTL, "max-ttl", DefaultMaxTTL, "longest workload certificate lifetime; longer requests are clamped")
 	fs.IntVar(&c.CacheSize, "cache-size", DefaultCacheSize, "most certificates kept in the issuance cache")
-	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", DefaultBundleRefresh, "interval between trust bundle fetches from kms-adapter")
+	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", DefaultBundleRefresh, "interval between fetches of the trust bundle and the revocation state from kms-adapter (events fetch them at once)")
 	c.TLS.RegisterFlags(fs)
 	c.NATS.RegisterFlags(fs)
 	fs.Float64Var(&c.NodeSignRate, "node-sign-rate", DefaultNodeSignRate, "signatures per second one node's agent may cause (cache hits are free); 0 disables the limit")

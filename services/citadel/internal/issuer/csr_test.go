@@ -29,7 +29,7 @@ func TestVerifiedCSRCacheIsBoundedByBytes(t *testing.T) {
 	td := spiffeid.RequireTrustDomainFromString("example.org")
 	clk := clocktesting.NewFakeClock(time.Now())
 	iss, err := New(Config{
-		TrustDomain: td, Pods: mcpclient.NewPods(), Verifier: fixedVerifier{}, Clock: clk, Roots: noRoots,
+		TrustDomain: td, Pods: mcpclient.NewPods(), Verifier: fixedVerifier{}, Clock: clk, Roots: noRoots, Revocations: noRevocations{},
 		KMS: &lyingKMS{signer: kmstest.New(t, td, clk)}, DefaultTTL: time.Hour, MaxTTL: time.Hour, CacheSize: 100000,
 		CSRCacheBytes: maxBytes,
 		Metrics:       metrics.New(prometheus.NewRegistry()), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

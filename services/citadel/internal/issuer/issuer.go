@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -75,12 +74,23 @@ type KMS interface {
 	SignCertificate(ctx context.Context, in *kmsv1.SignCertificateRequest, opts ...grpc.CallOption) (*kmsv1.SignCertificateResponse, error)
 }
 
+// Revocations judges the certificate of a renewal proof against kms-adapter's revocation state;
+// *revocations.Source satisfies it. It must be safe for concurrent use.
+type Revocations interface {
+	// Loaded is closed once the state has been loaded; no proof is granted before.
+	Loaded() <-chan struct{}
+	// Revoked reports whether leaf, a certificate of id, is revoked; an error means it could not
+	// tell (kms-adapter unreachable when a refetch was needed).
+	Revoked(ctx context.Context, id spiffeid.ID, leaf *x509.Certificate) (bool, error)
+}
+
 // Config carries the issuer's dependencies and policy.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	Pods        Pods
 	Verifier    TokenVerifier
 	KMS         KMS
+	Revocations Revocations
 	// Roots returns the workload trust bundle; renewal proofs must chain to it.
 	Roots      func(ctx context.Context) ([]*x509.Certificate, error)
 	DefaultTTL time.Duration // used when a request asks for no particular validity
@@ -110,11 +120,8 @@ type Issuer struct {
 	cfg    Config
 	limits *nodeLimits
 	cache  *certcache.Cache
-
-	revokedMu sync.RWMutex
-	revoked   map[spiffeid.ID]time.Time // identity -> its certificates issued before are revoked
-	csrs      *expirycache.Cache[[sha256.Size]byte, *x509.CertificateRequest]
-	flight    singleflight.Group
+	csrs   *expirycache.Cache[[sha256.Size]byte, *x509.CertificateRequest]
+	flight singleflight.Group
 }
 
 // New builds an issuer.
@@ -122,8 +129,9 @@ func New(cfg Config) (*Issuer, error) {
 	switch {
 	case cfg.TrustDomain.IsZero():
 		return nil, errors.New("issuer: trust domain is required")
-	case cfg.Pods == nil || cfg.Verifier == nil || cfg.KMS == nil || cfg.Roots == nil || cfg.Clock == nil || cfg.Metrics == nil || cfg.Logger == nil:
-		return nil, errors.New("issuer: pods, verifier, kms, roots, clock, metrics and logger are required")
+	case cfg.Pods == nil || cfg.Verifier == nil || cfg.KMS == nil || cfg.Revocations == nil || cfg.Roots == nil || cfg.Clock == nil ||
+		cfg.Metrics == nil || cfg.Logger == nil:
+		return nil, errors.New("issuer: pods, verifier, kms, revocations, roots, clock, metrics and logger are required")
 	case cfg.DefaultTTL <= 0 || cfg.MaxTTL < cfg.DefaultTTL:
 		return nil, fmt.Errorf("issuer: need 0 < default ttl (%s) <= max ttl (%s)", cfg.DefaultTTL, cfg.MaxTTL)
 	case cfg.CacheSize <= 0:
@@ -139,11 +147,10 @@ func New(cfg Config) (*Issuer, error) {
 		cfg.SignTimeout = 30 * time.Second
 	}
 	return &Issuer{
-		cfg:     cfg,
-		limits:  newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
-		revoked: map[spiffeid.ID]time.Time{},
-		cache:   certcache.New(cfg.CacheSize, cfg.Clock),
-		csrs:    expirycache.NewWithBytes[[sha256.Size]byte](cfg.CacheSize, cfg.CSRCacheBytes, verifiedCSRSize),
+		cfg:    cfg,
+		limits: newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
+		cache:  certcache.New(cfg.CacheSize, cfg.Clock),
+		csrs:   expirycache.NewWithBytes[[sha256.Size]byte](cfg.CacheSize, cfg.CSRCacheBytes, verifiedCSRSize),
 	}, nil
 }
 
