@@ -106,6 +106,14 @@ func (l *hostLock) record(s hostState) error {
 	return l.f.Sync()
 }
 
+// unlock unlocks the lock file and leaves it, with its record, on disk.
+func (l *hostLock) unlock() {
+	if l != nil && l.f != nil {
+		l.f.Close()
+		l.f = nil
+	}
+}
+
 // release removes the lock file (the host as found) and unlocks it.
 func (l *hostLock) release() {
 	if l == nil || l.f == nil {

@@ -97,10 +97,11 @@ type Cluster struct {
 	config     *rest.Config
 	client     kubernetes.Interface
 
-	procs    []*procs.Process // in start order
-	node     *procs.Process   // containerd, in the node mount namespace
-	stopOnce sync.Once
-	stopErr  error
+	hostTouched bool             // the host was found free: Stop cleans it up
+	procs       []*procs.Process // in start order
+	node        *procs.Process   // containerd, in the node mount namespace
+	stopOnce    sync.Once
+	stopErr     error
 }
 
 // network is the node's addresses.
@@ -232,12 +233,14 @@ func (c *Cluster) NodePath(path string) string {
 }
 
 func (c *Cluster) start(ctx context.Context) error {
-	if err := c.lock.record(hostState{Pid: os.Getpid(), Dir: c.dir, Bridge: c.net.bridge, OwnDir: c.ownDir}); err != nil {
-		return err
-	}
 	if err := checkHostFree(c.net.bridge); err != nil {
 		return err
 	}
+	// Recorded before the host is touched, for a later cleanup if this process dies.
+	if err := c.lock.record(hostState{Pid: os.Getpid(), Dir: c.dir, Bridge: c.net.bridge, OwnDir: c.ownDir}); err != nil {
+		return err
+	}
+	c.hostTouched = true
 	var err error
 	if c.pki, err = newPKI(c.path("pki")); err != nil {
 		return fmt.Errorf("cluster pki: %w", err)

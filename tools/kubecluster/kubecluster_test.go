@@ -7,6 +7,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -87,6 +90,8 @@ func TestStopRestoresHost(t *testing.T) {
 	if _, err := c.WaitForPod(ctx, "default", pod.Name, corev1.PodRunning); err != nil {
 		t.Fatal(err)
 	}
+	total, each := rss(c.PIDs())
+	t.Logf("cluster RSS with one pause pod: %.0f MiB (%s)", total, each)
 	during, err := kubecluster.SnapshotHost(socketDir)
 	if err != nil {
 		t.Fatal(err)
@@ -249,12 +254,14 @@ func TestPodReachesClusterIPService(t *testing.T) {
 	t.Cleanup(func() { deletePod(t, c, server.Name) })
 	svc, err := c.Client().CoreV1().Services("default").Create(ctx, &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: corev1.ServiceSpec{Selector: server.Labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+		Spec:       corev1.ServiceSpec{Selector: server.Labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
 	}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Client().CoreV1().Services("default").Delete(context.Background(), "web", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		c.Client().CoreV1().Services("default").Delete(context.Background(), "web", metav1.DeleteOptions{})
+	})
 	if _, err := c.WaitForPod(ctx, "default", server.Name, corev1.PodRunning); err != nil {
 		t.Fatal(err)
 	}
@@ -297,7 +304,7 @@ func podSpec(name, image string, args ...string) *corev1.Pod {
 		Spec: corev1.PodSpec{
 			RestartPolicy:                 corev1.RestartPolicyNever,
 			TerminationGracePeriodSeconds: ptr.To[int64](1),
-			Containers: []corev1.Container{{Name: "main", Image: image, Args: args, ImagePullPolicy: corev1.PullNever}},
+			Containers:                    []corev1.Container{{Name: "main", Image: image, Args: args, ImagePullPolicy: corev1.PullNever}},
 		},
 	}
 }
@@ -329,4 +336,25 @@ func httpGet(t *testing.T, url string) string {
 		}
 		time.Sleep(200 * time.Millisecond) // polling kube-proxy, which has no readiness signal per Service
 	}
+}
+
+// rss sums the resident memory of the processes, in MiB, and lists each.
+func rss(pids map[string]int) (float64, string) {
+	var total float64
+	var each []string
+	for name, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+				kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 64)
+				total += kb / 1024
+				each = append(each, fmt.Sprintf("%s %.0f", name, kb/1024))
+			}
+		}
+	}
+	sort.Strings(each)
+	return total, strings.Join(each, ", ")
 }

@@ -2,6 +2,7 @@ package kubecluster
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,12 +17,17 @@ func (c *Cluster) Stop() error {
 		for i := len(c.procs) - 1; i >= 0; i-- {
 			c.procs[i].Stop(10 * time.Second)
 		}
-		var errs []error
-		if c.lock != nil {
-			errs = append(errs, cleanupHost(hostState{Dir: c.dir, Bridge: c.net.bridge}, c.ownDir))
+		switch {
+		case c.hostTouched:
+			c.stopErr = cleanupHost(hostState{Dir: c.dir, Bridge: c.net.bridge}, c.ownDir)
+		case c.ownDir:
+			c.stopErr = os.RemoveAll(c.dir)
+		}
+		if c.stopErr != nil && c.hostTouched {
+			c.lock.unlock() // keep the record: the next Start or Down retries the cleanup
+		} else {
 			c.lock.release()
 		}
-		c.stopErr = errors.Join(errs...)
 	})
 	return c.stopErr
 }
@@ -58,4 +64,20 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// PIDs are the process ids of the cluster's components by name (etcd, kube-apiserver, ...,
+// containerd, kubelet, kube-proxy), plus containerd's shims as containerd-shim-<n>, for
+// measuring the cluster.
+func (c *Cluster) PIDs() map[string]int {
+	pids := map[string]int{}
+	for _, p := range c.procs {
+		if p.Running() {
+			pids[p.Name] = p.Pid()
+		}
+	}
+	for i, pid := range shimProcs(c.dir) {
+		pids[fmt.Sprintf("containerd-shim-%d", i)] = pid
+	}
+	return pids
 }
