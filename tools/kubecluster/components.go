@@ -197,8 +197,10 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	}
 	p := &procs.Process{Name: "containerd", Bin: c.bins.sh, Args: []string{"-c", nodeScript(c, tunables, c.bins.containerd)},
 		Log: c.path("containerd.log"), Unshareflags: syscall.CLONE_NEWNS,
-		// The shims containerd starts find runc on PATH.
-		Env: append(os.Environ(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")}
+		// The shims containerd starts find runc on PATH. mount(8) would otherwise create
+		// /run/mount (its utab) on the host's /run before the node's /run is mounted over it.
+		Env: append(os.Environ(), "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+			"LIBMOUNT_UTAB="+c.path("node", "utab"))}
 	if err := p.Start(); err != nil {
 		return err
 	}

@@ -20,7 +20,7 @@ type HostSnapshot map[string]string
 var hostDirs = []string{
 	"/var/lib/kubelet", "/run/containerd", "/run/netns", "/var/lib/cni", "/var/log/containers",
 	"/var/log/pods", "/etc/cni", "/opt/cni", "/opt/containerd", "/var/lib/containerd",
-	"/etc/kubernetes", "/usr/libexec/kubernetes", "/run/runc", "/run/xtables.lock",
+	"/etc/kubernetes", "/usr/libexec/kubernetes", "/run/runc", "/run/xtables.lock", "/run/mount",
 }
 
 // volatileSysctls change on their own; they are not compared.
