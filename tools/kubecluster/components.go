@@ -142,6 +142,9 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 		"--service-account-private-key-file="+c.saKey,
 		"--cluster-signing-cert-file="+c.pki.CAFile, "--cluster-signing-key-file="+c.pki.caKeyFile(),
 		"--service-cluster-ip-range="+c.net.serviceCIDR.String(),
+		// Its default, /usr/libexec/kubernetes/kubelet-plugins/volume/exec, would be created
+		// on the host.
+		"--flex-volume-plugin-dir="+c.path("kubelet-plugins"),
 		"--profiling=false",
 	)
 	if err != nil {

@@ -194,6 +194,11 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 	}
 	t0 := time.Now()
 	if err := c.start(ctx); err != nil {
+		if c.ownDir { // Stop removes the directory: keep the logs the error points to
+			if logs, lerr := os.MkdirTemp("", "kubecluster-logs-"); lerr == nil && c.SaveLogs(logs) == nil {
+				err = fmt.Errorf("%w\n(the components' logs are saved in %s)", err, logs)
+			}
+		}
 		return nil, errors.Join(err, c.Stop())
 	}
 	c.log.Info("cluster ready", "took", time.Since(t0).Round(time.Millisecond), "kubeconfig", c.kubeconfig)
@@ -203,7 +208,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 // Kubeconfig is the path of a cluster-admin (system:masters) kubeconfig.
 func (c *Cluster) Kubeconfig() string { return c.kubeconfig }
 
-// Config is a cluster-admin client config; callers may copy and change it.
+// Config is a copy of the cluster-admin client config.
 func (c *Cluster) Config() *rest.Config { return rest.CopyConfig(c.config) }
 
 // Client is a cluster-admin client.
