@@ -75,6 +75,13 @@ type Options struct {
 	// once). Test packages that each run a cluster, run in parallel by `go test ./...`, take
 	// turns this way.
 	LockWait time.Duration
+	// Locked, if set, is called once Start holds the machine's lock and before it changes
+	// anything on the host: a test that compares the host before and after takes its first
+	// snapshot there, while no other package's cluster can be running.
+	Locked func()
+	// Unlocking, if set, is called by Stop once it has cleaned up the host and before it
+	// releases the lock: where such a test takes its second snapshot.
+	Unlocking func()
 	// Logger receives progress; nil discards it.
 	Logger *slog.Logger
 }
@@ -185,6 +192,9 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 			os.RemoveAll(c.dir)
 		}
 		return nil, err
+	}
+	if opts.Locked != nil {
+		opts.Locked()
 	}
 	if !c.ownDir {
 		if err := resetDir(c.dir); err != nil {

@@ -62,18 +62,28 @@ func importProbe(ctx context.Context, c *kubecluster.Cluster, dir string) error 
 // pod on the pod network, then Stop; the host is as it was. It also times a start with the
 // binaries already built.
 func TestStopRestoresHost(t *testing.T) {
-	before, err := kubecluster.SnapshotHost(socketDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), kubecluster.StartTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), kubecluster.StartTimeout+kubecluster.SharedLockWait)
 	defer cancel()
-	start := time.Now()
-	c, err := kubecluster.Start(ctx, kubecluster.Options{})
+	var before kubecluster.HostSnapshot
+	var start time.Time
+	var after kubecluster.HostSnapshot
+	var snapErr, afterErr error
+	c, err := kubecluster.Start(ctx, kubecluster.Options{
+		LockWait: kubecluster.SharedLockWait, // another package's tests may hold the machine's cluster
+		Locked: func() {
+			before, snapErr = kubecluster.SnapshotHost(socketDir)
+			start = time.Now()
+		},
+		Unlocking: func() { after, afterErr = kubecluster.SnapshotHost(socketDir) },
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("nothing to node Ready (binaries built): %s", time.Since(start).Round(time.Millisecond))
+	if snapErr != nil {
+		c.Stop()
+		t.Fatal(snapErr)
+	}
 	stopped := false
 	defer func() {
 		if !stopped {
@@ -103,9 +113,8 @@ func TestStopRestoresHost(t *testing.T) {
 	if err := c.Stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
-	after, err := kubecluster.SnapshotHost(socketDir)
-	if err != nil {
-		t.Fatal(err)
+	if afterErr != nil {
+		t.Fatal(afterErr)
 	}
 	if diff := before.Diff(after); len(diff) > 0 {
 		t.Fatalf("the host differs after Stop:\n%s", strings.Join(diff, "\n"))

@@ -23,6 +23,9 @@ func (c *Cluster) Stop() error {
 		case c.ownDir:
 			c.stopErr = os.RemoveAll(c.dir)
 		}
+		if c.opts.Unlocking != nil {
+			c.opts.Unlocking()
+		}
 		if c.stopErr != nil && c.hostTouched {
 			c.lock.unlock() // keep the record: the next Start or Down retries the cleanup
 		} else {
