@@ -368,7 +368,10 @@ func removeAllRetry(dir string) error {
 // Down stops the cluster running on this machine, if any: the process that holds the lock (for
 // example `kubecluster up`) gets SIGTERM and stops its cluster; then whatever a dead cluster left
 // on the host is removed.
-func Down(ctx context.Context, log *slog.Logger) error {
+func Down(ctx context.Context, log *slog.Logger) error { return down(ctx, log, nil) }
+
+// down is Down, calling unlocking (if set) after the cleanup and before it releases the lock.
+func down(ctx context.Context, log *slog.Logger, unlocking func()) error {
 	b, err := os.ReadFile(LockFile)
 	if os.IsNotExist(err) {
 		return nil
@@ -390,6 +393,9 @@ func Down(ctx context.Context, log *slog.Logger) error {
 	l, err := lockHost(log, 0)
 	if err != nil {
 		return err
+	}
+	if unlocking != nil {
+		unlocking()
 	}
 	l.release()
 	return nil

@@ -32,7 +32,12 @@ const probeImage = "localhost/portcullis/kubecluster-probe:test"
 // socketDir is the hostPath directory of the socket test: under /run, so in the node's own /run.
 const socketDir = "/run/kubecluster-test"
 
-func TestMain(m *testing.M) { kubecluster.Main(m, kubecluster.Options{}) }
+func TestMain(m *testing.M) {
+	if os.Getenv(crashChildEnv) == "1" {
+		runCrashChild()
+	}
+	kubecluster.Main(m, kubecluster.Options{})
+}
 
 var probeOnce struct {
 	sync.Once
