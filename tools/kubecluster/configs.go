@@ -98,7 +98,8 @@ func writeKubeletConfig(c *Cluster, serving certFiles, port, healthzPort int) er
 	// its kernel tunables instead of writing them (the node namespace shows it the values it
 	// wants, see node.go). makeIPTablesUtilChains false: no iptables rules on the host. Image
 	// GC off: the images were imported, nothing can pull them again. Eviction thresholds low: a
-	// busy shared disk must not evict the test's pods.
+	// busy shared disk must not evict the test's pods. resolvConf "": pods get no host
+	// nameserver, only the cluster's (dns.go), which answers cluster names only.
 	config := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: %s
@@ -125,7 +126,8 @@ oomScoreAdj: 0
 protectKernelDefaults: true
 makeIPTablesUtilChains: false
 resolvConf: ""
-clusterDomain: cluster.local
+clusterDomain: %s
+clusterDNS: [%s]
 volumePluginDir: %s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -137,7 +139,8 @@ evictionHard:
 serializeImagePulls: false
 rotateCertificates: false
 serverTLSBootstrap: false
-`, c.net.nodeIP, port, healthzPort, serving.Cert, serving.Key, c.pki.CAFile, c.ContainerdSocket(), c.path("kubelet-plugins"))
+`, c.net.nodeIP, port, healthzPort, serving.Cert, serving.Key, c.pki.CAFile, c.ContainerdSocket(), ClusterDomain, c.net.nodeIP,
+		c.path("kubelet-plugins"))
 	return os.WriteFile(c.path("kubelet.yaml"), []byte(config), 0o644)
 }
 

@@ -197,9 +197,8 @@ func kubepodsCgroups() []string {
 
 // cleanupHost removes what a cluster put on the host: the pods' processes (in the kubepods
 // cgroups) and containerd's shims (which outlive containerd by design), the kubepods cgroups,
-// kube-proxy's tables, the bridge (its routes go with it), and the cluster's directory if the
-// cluster made it. It waits for the pods' network interfaces to go (the kernel removes them
-// with their network namespaces, once the last process holding them is gone).
+// kube-proxy's tables, the pods' veths and the bridge (its routes go with it), and the cluster's
+// directory if the cluster made it.
 func cleanupHost(s hostState, removeDir bool) error {
 	var errs []error
 	veths := bridgePorts(s.Bridge)
@@ -221,9 +220,15 @@ func cleanupHost(s hostState, removeDir bool) error {
 			errs = append(errs, fmt.Errorf("nft %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out)))
 		}
 	}
-	if _, err := os.Stat("/sys/class/net/" + s.Bridge); err == nil {
-		if out, err := exec.Command("ip", "link", "del", s.Bridge).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("ip link del %s: %v: %s", s.Bridge, err, bytes.TrimSpace(out)))
+	// A pod's network namespace outlives its processes while a TCP socket of it is still
+	// closing (an orphan in FIN_WAIT, for minutes if its peer is gone): delete the veths
+	// (both ends go), so that nothing of it shows on the host meanwhile.
+	for _, link := range append(veths, s.Bridge) {
+		if _, err := os.Stat("/sys/class/net/" + link); err != nil {
+			continue
+		}
+		if out, err := exec.Command("ip", "link", "del", link).CombinedOutput(); err != nil && !bytes.Contains(out, []byte("Cannot find device")) {
+			errs = append(errs, fmt.Errorf("ip link del %s: %v: %s", link, err, bytes.TrimSpace(out)))
 		}
 	}
 	if err := waitGone(veths, 30*time.Second); err != nil {

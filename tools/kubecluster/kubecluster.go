@@ -106,6 +106,7 @@ type Cluster struct {
 
 	hostTouched bool             // the host was found free: Stop cleans it up
 	procs       []*procs.Process // in start order
+	dns         *clusterDNS
 	node        *procs.Process   // containerd, in the node mount namespace
 	stopOnce    sync.Once
 	stopErr     error
@@ -269,6 +270,7 @@ func (c *Cluster) start(ctx context.Context) error {
 	}{
 		{"etcd", c.startEtcd},
 		{"kube-apiserver", c.startAPIServer},
+		{"cluster dns", c.startDNS},
 		{"kube-controller-manager", c.startControllerManager},
 		{"kube-scheduler", c.startScheduler},
 		{"containerd", c.startContainerd},
@@ -359,4 +361,13 @@ func resetDir(dir string) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, dirMarker), nil, 0o644)
+}
+
+func (c *Cluster) startDNS(context.Context) error {
+	d, err := startDNS(c.client, c.net.nodeIP, c.log)
+	if err != nil {
+		return err
+	}
+	c.dns = d
+	return nil
 }

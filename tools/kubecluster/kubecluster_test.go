@@ -3,6 +3,7 @@ package kubecluster_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -98,15 +99,26 @@ func TestStopRestoresHost(t *testing.T) {
 	if _, err := kubecluster.Start(ctx, kubecluster.Options{}); err == nil || !strings.Contains(err.Error(), "another kubecluster is running") {
 		t.Fatalf("a second cluster on the machine: got %v, want the lock's refusal", err)
 	}
-	pod := podSpec("pause", kubecluster.PauseImage)
+	if err := importProbe(ctx, c, t.TempDir()); err != nil {
+		t.Fatal(err)
+	}
+	pod := podSpec("server", probeImage, "http-serve", ":8080")
 	if _, err := c.Client().CoreV1().Pods("default").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.WaitForPod(ctx, "default", pod.Name, corev1.PodRunning); err != nil {
+	running, err := c.WaitForPod(ctx, "default", pod.Name, corev1.PodRunning)
+	if err != nil {
 		t.Fatal(err)
 	}
+	// A connection to the pod left open across Stop: the pod's socket outlives the pod as an
+	// orphan that keeps its network namespace (and so its veth) for minutes.
+	conn, err := net.DialTimeout("tcp", net.JoinHostPort(running.Status.PodIP, "8080"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
 	total, each := rss(c.PIDs())
-	t.Logf("cluster RSS with one pause pod: %.0f MiB (%s)", total, each)
+	t.Logf("cluster RSS with one pod: %.0f MiB (%s)", total, each)
 	during, err := kubecluster.SnapshotHost(socketDir)
 	if err != nil {
 		t.Fatal(err)
@@ -294,6 +306,15 @@ func TestPodReachesClusterIPService(t *testing.T) {
 	if body := httpGet(t, url); body != "hello from web" {
 		t.Fatalf("host got %q from %s", body, url)
 	}
+	// By name: the pod's resolver searches default.svc.cluster.local, the cluster's DNS answers.
+	byName := podSpec("web-client-by-name", probeImage, "http-get", "http://web/")
+	if _, err := c.Client().CoreV1().Pods("default").Create(ctx, byName, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { deletePod(t, c, byName.Name) })
+	if _, err := c.WaitForPod(ctx, "default", byName.Name, corev1.PodSucceeded); err != nil {
+		t.Fatal(err)
+	}
 	// The API server through the kubernetes Service's ClusterIP, as in-pod clients reach it:
 	// its certificate names that address.
 	kubernetesSvc, err := c.Client().CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
@@ -333,7 +354,9 @@ func deletePod(t *testing.T, c *kubecluster.Cluster, name string) {
 // rules asynchronously.
 func httpGet(t *testing.T, url string) string {
 	t.Helper()
-	client := &http.Client{Timeout: 2 * time.Second}
+	// No keep-alive: an idle connection to a pod outlives it as a closing socket that holds the
+	// pod's network namespace for minutes.
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := client.Get(url)
@@ -371,4 +394,26 @@ func rss(pids map[string]int) (float64, string) {
 	}
 	sort.Strings(each)
 	return total, strings.Join(each, ", ")
+}
+
+func TestClusterDNS(t *testing.T) {
+	c := cluster(t)
+	resolver := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, net.JoinHostPort(c.NodeIP().String(), "53"))
+	}}
+	ctx := context.Background()
+	kubernetesSvc, err := c.Client().CoreV1().Services("default").Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs, err := resolver.LookupHost(ctx, "kubernetes.default.svc.cluster.local")
+	if err != nil || len(addrs) != 1 || addrs[0] != kubernetesSvc.Spec.ClusterIP {
+		t.Fatalf("kubernetes.default.svc.cluster.local: %v, %v; want %s", addrs, err, kubernetesSvc.Spec.ClusterIP)
+	}
+	for _, name := range []string{"nosuch.default.svc.cluster.local", "example.com", "kubernetes.default"} {
+		var dnsErr *net.DNSError
+		if _, err := resolver.LookupHost(ctx, name+"."); !errors.As(err, &dnsErr) || !dnsErr.IsNotFound {
+			t.Errorf("%s: got %v, want not found (nothing is forwarded)", name, err)
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 // and its directory if Start made it. Calling it again returns the first call's result.
 func (c *Cluster) Stop() error {
 	c.stopOnce.Do(func() {
+		c.dns.close()
 		// Reverse start order: the node first, etcd last.
 		for i := len(c.procs) - 1; i >= 0; i-- {
 			c.procs[i].Stop(10 * time.Second)
