@@ -211,4 +211,3 @@ func (d *clusterDNS) lookup(ctx context.Context, fqdn string) (addrs []netip.Add
 	}
 	return addrs, true, nil
 }
-

@@ -107,7 +107,7 @@ type Cluster struct {
 	hostTouched bool             // the host was found free: Stop cleans it up
 	procs       []*procs.Process // in start order
 	dns         *clusterDNS
-	node        *procs.Process   // containerd, in the node mount namespace
+	node        *procs.Process // containerd, in the node mount namespace
 	stopOnce    sync.Once
 	stopErr     error
 }
