@@ -127,9 +127,11 @@ func TestStopRestoresHost(t *testing.T) {
 		t.Fatal("the running cluster changed nothing the snapshot sees: the snapshot is blind")
 	}
 	stopped = true
+	stopStart := time.Now()
 	if err := c.Stop(); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
+	t.Logf("Stop took %s", time.Since(stopStart).Round(time.Millisecond))
 	if afterErr != nil {
 		t.Fatal(afterErr)
 	}

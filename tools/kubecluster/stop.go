@@ -16,7 +16,9 @@ func (c *Cluster) Stop() error {
 		c.dns.close()
 		// Reverse start order: the node first, etcd last.
 		for i := len(c.procs) - 1; i >= 0; i-- {
+			t := time.Now()
 			c.procs[i].Stop(10 * time.Second)
+			c.log.Debug("stopped", "component", c.procs[i].Name, "took", time.Since(t).Round(time.Millisecond))
 		}
 		switch {
 		case c.hostTouched:
