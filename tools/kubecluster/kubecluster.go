@@ -271,6 +271,7 @@ func (c *Cluster) start(ctx context.Context) error {
 		{"etcd", c.startEtcd},
 		{"kube-apiserver", c.startAPIServer},
 		{"cluster dns", c.startDNS},
+		{"storage", c.createStorage},
 		{"kube-controller-manager", c.startControllerManager},
 		{"kube-scheduler", c.startScheduler},
 		{"containerd", c.startContainerd},
