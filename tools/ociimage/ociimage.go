@@ -64,7 +64,7 @@ type Spec struct {
 // Write builds the image that spec describes and writes it atomically to archivePath as an
 // OCI image-layout tar. It returns the manifest digest ("sha256:...").
 func Write(archivePath string, spec Spec) (string, error) {
-	ref, err := name.ParseReference(spec.Ref, name.StrictValidation)
+	ref, err := name.ParseReference(spec.Ref)
 	if err != nil {
 		return "", fmt.Errorf("image reference %q: %w", spec.Ref, err)
 	}
@@ -86,7 +86,7 @@ func Write(archivePath string, spec Spec) (string, error) {
 		Descriptor: v1.Descriptor{
 			Platform: &plat,
 			Annotations: map[string]string{
-				AnnotationContainerdImageName: tag.Name(),
+				AnnotationContainerdImageName: containerdName(tag),
 				AnnotationRefName:             tag.TagStr(),
 			},
 		},
@@ -158,6 +158,16 @@ func Build(spec Spec) (v1.Image, error) {
 		return nil, fmt.Errorf("setting config: %w", err)
 	}
 	return img, nil
+}
+
+// containerdName is the reference as containerd and the kubelet normalize it: Docker Hub is
+// "docker.io" (ggcr says "index.docker.io"), and its official images are under "library/".
+func containerdName(tag name.Tag) string {
+	registry := tag.RegistryStr()
+	if registry == name.DefaultRegistry {
+		registry = "docker.io"
+	}
+	return registry + "/" + tag.RepositoryStr() + ":" + tag.TagStr()
 }
 
 func (s Spec) platform() v1.Platform {

@@ -180,6 +180,27 @@ func TestWriteReadBack(t *testing.T) {
 	}
 }
 
+// containerd and the kubelet look Docker Hub images up as docker.io/library/<name>.
+func TestWriteNamesDockerHubImagesAsContainerdDoes(t *testing.T) {
+	spec := testSpec(t)
+	spec.Ref = "busybox:1.36"
+	dir := untarOf(t, spec)
+	var index v1.IndexManifest
+	readJSON(t, filepath.Join(dir, "index.json"), &index)
+	if got := index.Manifests[0].Annotations[ociimage.AnnotationContainerdImageName]; got != "docker.io/library/busybox:1.36" {
+		t.Errorf("containerd image name %q, want docker.io/library/busybox:1.36", got)
+	}
+}
+
+func untarOf(t *testing.T, spec ociimage.Spec) string {
+	t.Helper()
+	archive := filepath.Join(t.TempDir(), "image.tar")
+	if _, err := ociimage.Write(archive, spec); err != nil {
+		t.Fatal(err)
+	}
+	return untar(t, archive)
+}
+
 func TestWriteRejectsBadSpecs(t *testing.T) {
 	spec := testSpec(t)
 	out := filepath.Join(t.TempDir(), "x.tar")

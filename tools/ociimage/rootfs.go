@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -19,7 +21,7 @@ const (
 )
 
 // rootfsTar returns the layer's uncompressed tar: /etc, /etc/group, /etc/passwd and the binary
-// at binPath, in this sorted order, all owned by 0:0 with mtime created.
+// at binPath, sorted by name, all owned by 0:0 with mtime created.
 func rootfsTar(created time.Time, binPath string, bin []byte) ([]byte, error) {
 	type entry struct {
 		name string
@@ -27,18 +29,13 @@ func rootfsTar(created time.Time, binPath string, bin []byte) ([]byte, error) {
 		dir  bool
 		body []byte
 	}
-	// Sorted by name; binPath is "/<name>" and sorts either side of etc/, so order explicitly.
 	entries := []entry{
 		{name: "etc/", mode: 0o755, dir: true},
 		{name: "etc/group", mode: 0o644, body: []byte(etcGroup)},
 		{name: "etc/passwd", mode: 0o644, body: []byte(etcPasswd)},
+		{name: strings.TrimPrefix(binPath, "/"), mode: 0o755, body: bin},
 	}
-	binEntry := entry{name: binPath[1:], mode: 0o755, body: bin}
-	if binEntry.name < "etc/" {
-		entries = append([]entry{binEntry}, entries...)
-	} else {
-		entries = append(entries, binEntry)
-	}
+	slices.SortFunc(entries, func(a, b entry) int { return strings.Compare(a.name, b.name) })
 
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)

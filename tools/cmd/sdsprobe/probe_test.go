@@ -89,10 +89,10 @@ func TestProbe(t *testing.T) {
 	t.Run("handshake both ways", func(t *testing.T) {
 		mustHandshake(t, frontend, cart, cartID)
 		mustHandshake(t, cart, frontend, frontendID)
-		if peers := status_(t, cart).Peers; !slices.Contains(peers, frontendID) {
+		if peers := getStatus(t, cart).Peers; !slices.Contains(peers, frontendID) {
 			t.Errorf("cart's peers %q lack %s", peers, frontendID)
 		}
-		if peers := status_(t, frontend).Peers; !slices.Contains(peers, cartID) {
+		if peers := getStatus(t, frontend).Peers; !slices.Contains(peers, cartID) {
 			t.Errorf("frontend's peers %q lack %s", peers, cartID)
 		}
 	})
@@ -103,7 +103,7 @@ func TestProbe(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		before := map[*probe]status{frontend: status_(t, frontend), cart: status_(t, cart)}
+		before := map[*probe]status{frontend: getStatus(t, frontend), cart: getStatus(t, cart)}
 		prepared := rotate(t, admin, kmsv1.RotationStep_ROTATION_STEP_PREPARE)
 		newRoot := fingerprint(t, prepared.GetNext().GetRoot())
 		for _, p := range []*probe{frontend, cart} {
@@ -125,7 +125,7 @@ func TestProbe(t *testing.T) {
 	})
 
 	t.Run("agent restart: the probe reconnects", func(t *testing.T) {
-		before := status_(t, frontend)
+		before := getStatus(t, frontend)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		if err := s.Restart(ctx, "nodeagent-"+node); err != nil {
@@ -238,8 +238,8 @@ func get(t *testing.T, p *probe, path string) int {
 	return resp.StatusCode
 }
 
-// status_ is GET /status (named so as not to shadow the type).
-func status_(t *testing.T, p *probe) status {
+// getStatus is GET /status.
+func getStatus(t *testing.T, p *probe) status {
 	t.Helper()
 	resp, err := httpClient.Get("http://" + p.httpLis.Addr().String() + "/status")
 	if err != nil {
@@ -258,7 +258,7 @@ func waitStatus(t *testing.T, p *probe, what string, cond func(status) bool) sta
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		st := status_(t, p)
+		st := getStatus(t, p)
 		if cond(st) {
 			return st
 		}

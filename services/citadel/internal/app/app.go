@@ -99,8 +99,8 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	a.id, a.issuer = id, iss
 	a.health = health.NewServer()
 	a.setServing(healthpb.HealthCheckResponse_NOT_SERVING)
-	srv := grpcapi.New(grpcapi.Config{Issuer: iss, Bundles: a.bundles, Logger: logger})
-	a.grpc = grpcapi.NewGRPCServer(id.ServerCredentials(), srv, a.health)
+	srv := grpcapi.New(grpcapi.Config{Issuer: iss, Bundles: a.bundles, Logger: logger, Metrics: m})
+	a.grpc = grpcapi.NewGRPCServer(grpcapi.ServerCredentials(id, m, logger), srv, a.health)
 	return a, nil
 }
 
@@ -147,6 +147,9 @@ func (a *App) Run(ctx context.Context) error {
 		a.logger.Warn("no -nats-url: rotation events are not followed; the bundle is polled every -bundle-refresh")
 	}
 	g.Go(func() error { return a.refreshKeys(ctx) })
+	if err := a.serveAttest(ctx, g); err != nil {
+		return err
+	}
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, a.grpc, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: a.ready, Logger: a.logger}.Run(ctx)

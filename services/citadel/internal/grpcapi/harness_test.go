@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -57,6 +56,7 @@ type harnessConfig struct {
 // mTLS, real workload tokens and a pod view fed the way mcpclient.Watch feeds it.
 type harness struct {
 	t       testing.TB
+	logs    syncBuffer // citadel's log
 	dir     string
 	ca      *servicetls.BootstrapCA
 	clock   *clocktesting.FakeClock
@@ -112,7 +112,7 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logger := slog.New(slog.NewTextHandler(&h.logs, nil))
 	h.metrics = metrics.New(prometheus.NewRegistry())
 	bundles := trustbundle.New(trustbundle.Config{KMS: kms, Refresh: time.Minute, Clock: h.clock, Logger: logger})
 	iss, err := issuer.New(issuer.Config{
@@ -124,7 +124,7 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 		t.Fatal(err)
 	}
 	h.iss = iss
-	srv := NewGRPCServer(citadelID.ServerCredentials(), New(Config{Issuer: iss, Bundles: bundles, Logger: logger}), health.NewServer())
+	srv := NewGRPCServer(ServerCredentials(citadelID, h.metrics, logger), New(Config{Issuer: iss, Bundles: bundles, Logger: logger, Metrics: h.metrics}), health.NewServer())
 	h.addr = serve(t, srv)
 	return h
 }

@@ -8,7 +8,8 @@
 //  2. the workload token must verify (ErrUnauthenticated);
 //  3. the token's pod must exist, with the token's UID, on the caller's node, under the token's
 //     service account (ErrForbidden; ErrPodsNotSynced before the first pod list arrived);
-//  4. the CSR must parse and carry an acceptable key (ErrInvalidCSR);
+//  4. the CSR must be at most MaxCSRBytes, parse and carry an acceptable key (ErrInvalidCSR); it is
+//     parsed only once the caller is authenticated (a renewal proof is checked on its bytes);
 //  5. the identity is spiffe://<td>/ns/<ns>/sa/<sa>, whatever names the CSR asks for;
 //  6. cache, then kms-adapter (ErrKMSUnavailable, ErrSigning).
 package issuer
@@ -85,6 +86,8 @@ type Config struct {
 	DefaultTTL time.Duration // used when a request asks for no particular validity
 	MaxTTL     time.Duration // longer requests are clamped to it
 	CacheSize  int
+	// CSRCacheBytes bounds the verified CSRs remembered (see verifiedCSRSize); 0 means 64 MiB.
+	CSRCacheBytes int64
 	// SyncWait bounds how long a request waits for the first pod list (the request's own deadline
 	// bounds it too); 0 means 5s.
 	SyncWait time.Duration
@@ -129,6 +132,9 @@ func New(cfg Config) (*Issuer, error) {
 	if cfg.SyncWait == 0 {
 		cfg.SyncWait = 5 * time.Second
 	}
+	if cfg.CSRCacheBytes == 0 {
+		cfg.CSRCacheBytes = defaultVerifiedCSRBytes
+	}
 	if cfg.SignTimeout == 0 {
 		cfg.SignTimeout = 30 * time.Second
 	}
@@ -137,9 +143,12 @@ func New(cfg Config) (*Issuer, error) {
 		limits:  newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
 		revoked: map[spiffeid.ID]time.Time{},
 		cache:   certcache.New(cfg.CacheSize, cfg.Clock),
-		csrs:    expirycache.New[[sha256.Size]byte, *x509.CertificateRequest](cfg.CacheSize),
+		csrs:    expirycache.NewWithBytes[[sha256.Size]byte](cfg.CacheSize, cfg.CSRCacheBytes, verifiedCSRSize),
 	}, nil
 }
+
+// VerifiedCSRBytes is what the cache of verified CSRs holds, by the measure that bounds it.
+func (i *Issuer) VerifiedCSRBytes() int64 { return i.csrs.Bytes() }
 
 // Request is one CreateCertificate call.
 type Request struct {
@@ -175,12 +184,19 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 		err error
 	)
 	if req.Token == "" && renewalproof.Present(req.Renewal) {
-		if csr, err = i.checkCSR(req.CSR); err != nil {
+		// The proof signs the CSR's bytes, so it is checked on them before the CSR is parsed or
+		// remembered: a caller that cannot prove anything costs no more than a PEM decode.
+		der, err := decodeCSR(req.CSR)
+		if err != nil {
 			m.CSRParsingErrors.Inc()
 			return Result{}, err
 		}
-		if id, err = i.authorizeRenewal(ctx, node, req.Renewal, csr); err != nil {
+		if id, err = i.authorizeRenewal(ctx, node, req.Renewal, der); err != nil {
 			countRefusal(m, err)
+			return Result{}, err
+		}
+		if csr, err = i.checkCSR(der); err != nil {
+			m.CSRParsingErrors.Inc()
 			return Result{}, err
 		}
 	} else {
@@ -193,7 +209,11 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 			countRefusal(m, err)
 			return Result{}, err
 		}
-		if csr, err = i.checkCSR(req.CSR); err != nil {
+		der, err := decodeCSR(req.CSR)
+		if err == nil {
+			csr, err = i.checkCSR(der)
+		}
+		if err != nil {
 			m.CSRParsingErrors.Inc()
 			return Result{}, err
 		}

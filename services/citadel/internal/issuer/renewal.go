@@ -2,7 +2,6 @@ package issuer
 
 import (
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -19,12 +18,12 @@ import (
 // holds the key of a still valid certificate for the identity, and a pod running as that
 // identity must still be scheduled on the calling node. The identity is the current
 // certificate's, never anything the CSR asks for.
-func (i *Issuer) authorizeRenewal(ctx context.Context, node string, proof *structpb.Struct, csr *x509.CertificateRequest) (spiffeid.ID, error) {
+func (i *Issuer) authorizeRenewal(ctx context.Context, node string, proof *structpb.Struct, csrDER []byte) (spiffeid.ID, error) {
 	roots, err := i.cfg.Roots(ctx)
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("%w: trust bundle: %w", ErrKMSUnavailable, err)
 	}
-	id, current, err := renewalproof.Verify(proof, csr.Raw, roots, i.cfg.Clock.Now())
+	id, current, err := renewalproof.Verify(proof, csrDER, roots, i.cfg.Clock.Now())
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
 	}
