@@ -12,7 +12,6 @@ import (
 
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
@@ -22,7 +21,8 @@ const appVersion = "0.1.0"
 
 func image(name string) string { return "ghcr.io/portcullis-mesh/" + name + ":" + appVersion }
 
-func socketDir() string { return filepath.Join(suite.dir, "workload-spiffe-uds") }
+// socketDir is the chart's default socket directory, on the node.
+const socketDir = "/var/run/secrets/workload-spiffe-uds"
 
 const (
 	idAlpha = "spiffe://cluster.local/ns/apps/sa/alpha"
@@ -64,50 +64,20 @@ func install(ctx context.Context, t *testing.T, c kubernetes.Interface) {
 			t.Fatal(err)
 		}
 	}
-	caVolume(ctx, t, c)
+	// The chart's defaults (cluster DNS, the default StorageClass, Istio's socket directory), but
+	// for images imported into the node and a rotation jitter a test can wait for.
 	values := filepath.Join(suite.dir, "values.yaml")
-	writeFile(t, values, fmt.Sprintf(`global:
-  serviceDiscovery: env   # the test cluster runs no DNS
+	writeFile(t, values, `global:
   image: {pullPolicy: Never}
-kmsAdapter:
-  local: {persistence: {storageClass: %[1]s}}
 nodeagent:
-  socketDir: %[2]s
-  rotateJitter: 2s        # a test watches a rotation happen
-`, caStorageClass, socketDir()))
+  rotateJitter: 2s
+`)
 	installedAt = time.Now()
 	if _, err := helm(ctx, "install", release, suite.chart, "-n", releaseNS, "-f", values, "--wait", "--timeout", "5m"); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("helm install --wait: %v", time.Since(installedAt).Round(time.Millisecond))
 	if err := workloadsReady(ctx, c); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// caStorageClass names the volume the test provides for the local CA: the test cluster has no
-// provisioner, so a hostPath PersistentVolume stands in for the cluster's storage.
-const caStorageClass = "portcullis-test-local"
-
-func caVolume(ctx context.Context, t *testing.T, c kubernetes.Interface) {
-	dir := filepath.Join(suite.dir, "kms-state")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chown(dir, 65532, 65532); err != nil { // kms-adapter's user
-		t.Fatal(err)
-	}
-	pv := &corev1.PersistentVolume{
-		ObjectMeta: metav1.ObjectMeta{Name: "portcullis-ca"},
-		Spec: corev1.PersistentVolumeSpec{
-			StorageClassName:              caStorageClass,
-			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
-			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
-			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
-			PersistentVolumeSource:        corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: dir}},
-		},
-	}
-	if _, err := c.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -144,7 +114,7 @@ func impostors(ctx context.Context, t *testing.T, c kubernetes.Interface) {
 
 	// A token the API server bound to a pod that has since gone.
 	ghost := startProbe(ctx, t, c, probeSpec{name: "ghost", serviceAccount: "alpha"})
-	tr, err := c.CoreV1().ServiceAccounts(appsNS).CreateToken(ctx, "alpha", &authnTokenRequest{ghost.name, ghostUID(ctx, t, c)}.request(), metav1.CreateOptions{})
+	tr, err := c.CoreV1().ServiceAccounts(appsNS).CreateToken(ctx, "alpha", authnTokenRequest{ghost.name, ghostUID(ctx, t, c)}.request(), metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -84,7 +84,7 @@ func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec 
 				},
 			}},
 			Volumes: []corev1.Volume{
-				{Name: "sds", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: socketDir(), Type: &hostPathType}}},
+				{Name: "sds", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: socketDir, Type: &hostPathType}}},
 				{Name: "token", VolumeSource: token},
 			},
 		},
