@@ -36,6 +36,7 @@ func TestChartLifecycle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	c := client(t)
+	dumpOnFailure(t, c)
 	var alpha, beta *probe
 	steps := []struct {
 		name string
@@ -73,13 +74,14 @@ nodeagent:
   rotateJitter: 2s
 `)
 	installedAt = time.Now()
-	if _, err := helm(ctx, "install", release, suite.chart, "-n", releaseNS, "-f", values, "--wait", "--timeout", "5m"); err != nil {
+	if _, err := helm(ctx, "install", release, suite.chart, "-n", releaseNS, "-f", values, "--wait", "--timeout", "3m"); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("helm install --wait: %v", time.Since(installedAt).Round(time.Millisecond))
-	if err := workloadsReady(ctx, c); err != nil {
-		t.Fatal(err)
-	}
+	// helm's --wait counts a DaemonSet of one node with maxUnavailable 1 as ready at once: wait
+	// for the agent too (it attests to citadel once citadel is up).
+	eventually(t, 3*time.Minute, "every component ready", func() error { return workloadsReady(ctx, c) })
+	t.Logf("helm install → every component ready: %v", time.Since(installedAt).Round(time.Millisecond))
 }
 
 func workloads(ctx context.Context, t *testing.T, c kubernetes.Interface) (*probe, *probe) {
@@ -163,7 +165,7 @@ func adminJob(name string, args ...string) *batchv1.Job {
 			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
 				RestartPolicy:                corev1.RestartPolicyNever,
 				AutomountServiceAccountToken: ptr(false),
-				SecurityContext:              &corev1.PodSecurityContext{RunAsUser: ptr(int64(65532)), RunAsGroup: ptr(int64(65532)), RunAsNonRoot: ptr(true)},
+				SecurityContext:              &corev1.PodSecurityContext{RunAsUser: ptr(int64(65532)), RunAsGroup: ptr(int64(65532)), FSGroup: ptr(int64(65532)), RunAsNonRoot: ptr(true)},
 				Containers: []corev1.Container{{
 					Name: "portcullisctl", Image: image("portcullisctl"), ImagePullPolicy: corev1.PullNever,
 					Args:         append(base, args...),
@@ -177,16 +179,20 @@ func adminJob(name string, args ...string) *batchv1.Job {
 }
 
 func rotateRoot(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha, beta *probe) {
-	before, err := alpha.status(ctx)
-	if err != nil {
-		t.Fatal(err)
+	before := map[*probe]probeStatus{}
+	for _, p := range []*probe{alpha, beta} {
+		st, err := p.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[p] = st
 	}
 	t.Logf("prepare: %s", jobOutput(ctx, t, c, adminJob("rotate-prepare", "rotate-ca", "prepare")))
 	// The next root joins the bundle at once, on the open streams.
 	for _, p := range []*probe{alpha, beta} {
 		p.waitSVID(ctx, t, time.Minute, "bundle with the next root", func(st probeStatus) error {
-			if len(st.BundleSHA256) != 2 {
-				return fmt.Errorf("%d roots", len(st.BundleSHA256))
+			if len(st.BundleSHA256) != 2 || !slices.Contains(st.BundleSHA256, before[p].BundleSHA256[0]) {
+				return fmt.Errorf("roots %v, want the old one %v and the next", st.BundleSHA256, before[p].BundleSHA256)
 			}
 			return nil
 		})
@@ -195,11 +201,8 @@ func rotateRoot(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha
 	// Agents re-issue within -rotate-jitter (2 s here) and push on the same streams.
 	for _, p := range []*probe{alpha, beta} {
 		p.waitSVID(ctx, t, time.Minute, "certificate from the next CA", func(st probeStatus) error {
-			if st.Serial == before.Serial && p == alpha {
-				return fmt.Errorf("still serial %s", st.Serial)
-			}
-			if st.Updates <= before.Updates && p == alpha {
-				return fmt.Errorf("no push since the rotation")
+			if st.Serial == before[p].Serial || st.Updates <= before[p].Updates {
+				return fmt.Errorf("serial %s after %d updates, as before the rotation", st.Serial, st.Updates)
 			}
 			return nil
 		})

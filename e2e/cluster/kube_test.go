@@ -183,3 +183,49 @@ func absent(t *testing.T, what string, err error) {
 		t.Errorf("%s: want it gone after uninstall, got err=%v", what, err)
 	}
 }
+
+// dumpOnFailure logs, if t has failed, the state of every pod of the release and of the test
+// workloads, with their containers' last words: what an operator would look at first.
+func dumpOnFailure(t *testing.T, c kubernetes.Interface) {
+	t.Helper()
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		for _, ns := range []string{releaseNS, appsNS} {
+			pods, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				t.Logf("listing pods in %s: %v", ns, err)
+				continue
+			}
+			for _, p := range pods.Items {
+				t.Logf("pod %s/%s: phase %s on %q", ns, p.Name, p.Status.Phase, p.Spec.NodeName)
+				for _, cond := range p.Status.Conditions {
+					if cond.Status != corev1.ConditionTrue {
+						t.Logf("  condition %s=%s: %s %s", cond.Type, cond.Status, cond.Reason, cond.Message)
+					}
+				}
+				for _, cs := range p.Status.ContainerStatuses {
+					t.Logf("  container %s: ready=%v restarts=%d state=%+v last=%+v", cs.Name, cs.Ready, cs.RestartCount, cs.State, cs.LastTerminationState)
+					for _, previous := range []bool{false, true} {
+						tail := int64(15)
+						b, err := c.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{Container: cs.Name, TailLines: &tail, Previous: previous}).DoRaw(ctx)
+						if err == nil && len(b) > 0 {
+							t.Logf("  logs (previous=%v):\n%s", previous, b)
+						}
+					}
+				}
+			}
+			events, err := c.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+			if err == nil {
+				for _, e := range events.Items {
+					if e.Type != corev1.EventTypeNormal {
+						t.Logf("event %s %s/%s: %s: %s", e.Type, e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
+					}
+				}
+			}
+		}
+	})
+}

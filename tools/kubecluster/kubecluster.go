@@ -271,10 +271,10 @@ func (c *Cluster) start(ctx context.Context) error {
 		{"etcd", c.startEtcd},
 		{"kube-apiserver", c.startAPIServer},
 		{"cluster dns", c.startDNS},
-		{"storage", c.createStorage},
 		{"kube-controller-manager", c.startControllerManager},
 		{"kube-scheduler", c.startScheduler},
 		{"containerd", c.startContainerd},
+		{"storage", c.createStorage}, // its directories are made in the node's mount namespace
 		{"images", c.importImages},
 		{"kubelet", c.startKubelet},
 		{"kube-proxy", c.startKubeProxy},

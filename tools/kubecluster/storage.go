@@ -3,6 +3,7 @@ package kubecluster
 import (
 	"context"
 	"fmt"
+	"os"
 
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
@@ -14,7 +15,9 @@ import (
 // Storage: there is no provisioner, so the cluster has a default StorageClass (StorageClassName)
 // of pre-made hostPath PersistentVolumes: PersistentVolumeCount volumes of PersistentVolumeSize,
 // directories under /var/lib/kubecluster-volumes of the node (the cluster's directory). A PVC
-// of that class (or of none) binds to one when its pod is scheduled.
+// of that class (or of none) binds to one when its pod is scheduled. The directories are made
+// world-writable, as local-path provisioners make them: hostPath volumes get no fsGroup
+// ownership, and pods that run as non-root must be able to write to their claim.
 const (
 	StorageClassName      = "standard"
 	PersistentVolumeCount = 8
@@ -35,6 +38,13 @@ func (c *Cluster) createStorage(ctx context.Context) error {
 	}
 	for i := range PersistentVolumeCount {
 		name := fmt.Sprintf("kubecluster-pv-%d", i)
+		dir := c.NodePath(volumesDir + "/" + name)
+		if err := os.MkdirAll(dir, 0o777); err != nil {
+			return err
+		}
+		if err := os.Chmod(dir, 0o777); err != nil { // MkdirAll's mode is masked by the umask
+			return err
+		}
 		_, err := c.client.CoreV1().PersistentVolumes().Create(ctx, &corev1.PersistentVolume{
 			ObjectMeta: metav1.ObjectMeta{Name: name},
 			Spec: corev1.PersistentVolumeSpec{
@@ -43,7 +53,7 @@ func (c *Cluster) createStorage(ctx context.Context) error {
 				AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
 				PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
 				PersistentVolumeSource: corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{
-					Path: volumesDir + "/" + name, Type: ptr.To(corev1.HostPathDirectoryOrCreate)}},
+					Path: volumesDir + "/" + name, Type: ptr.To(corev1.HostPathDirectory)}},
 			},
 		}, metav1.CreateOptions{})
 		if err != nil {
