@@ -21,6 +21,11 @@ import (
 type SubscriberConfig struct {
 	Conn        *nats.Conn
 	TrustDomain spiffeid.TrustDomain
+	// Client is the follower's own SPIFFE ID (the one it connected with): its consumers are
+	// named after it, and Portcullis's NATS server lets it touch no others.
+	Client spiffeid.ID
+	// JSAPIPrefix is ConnConfig.JSAPIPrefix: empty means the guarded API for Client.
+	JSAPIPrefix string
 	Logger      *slog.Logger
 	Clock       clock.Clock // nil means the real clock
 	// Handle is called for each event of the trust domain, in stream order, one at a time. It
@@ -57,7 +62,12 @@ func (s *Subscriber) Started() <-chan struct{} { return s.started }
 // Run follows the stream until ctx ends. Failures (NATS down, stream not created yet) are retried
 // with backoff and never end Run.
 func (s *Subscriber) Run(ctx context.Context) error {
-	js, err := jetstream.New(s.cfg.Conn)
+	scope := ScopeOf(s.cfg.Client)
+	prefix := s.cfg.JSAPIPrefix
+	if prefix == "" {
+		prefix = scope.GuardedAPIPrefix()
+	}
+	js, err := jetstream.NewWithAPIPrefix(s.cfg.Conn, prefix)
 	if err != nil {
 		return err
 	}
@@ -77,7 +87,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		}
 		if known {
 			cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1,
-				InactiveThreshold: time.Minute}
+				InactiveThreshold: time.Minute, NamePrefix: scope.ConsumerPrefix()}
 			err = s.follow(ctx, js, cfg, &last, &retry)
 		}
 		if ctx.Err() != nil {
@@ -168,7 +178,8 @@ func Follow(cfg FollowConfig) (run func(ctx context.Context) error, err error) {
 	if err != nil {
 		return nil, err
 	}
-	sub := NewSubscriber(SubscriberConfig{Conn: nc, TrustDomain: cfg.Identity.TrustDomain(), Logger: cfg.Logger,
+	sub := NewSubscriber(SubscriberConfig{Conn: nc, TrustDomain: cfg.Identity.TrustDomain(), Client: cfg.Identity.ID(),
+		JSAPIPrefix: cfg.Conn.JSAPIPrefix, Logger: cfg.Logger,
 		Handle: cfg.Handle, Received: received})
 	return func(ctx context.Context) error {
 		defer nc.Close()

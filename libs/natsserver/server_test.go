@@ -89,9 +89,10 @@ type follower struct {
 	sub *events.Subscriber
 }
 
-func (e *env) follow(ctx context.Context, nc *nats.Conn) *follower {
+// follow connects as id and follows the stream.
+func (e *env) follow(ctx context.Context, s *natsserver.Server, id *servicetls.Identity) *follower {
 	f := &follower{}
-	f.sub = events.NewSubscriber(events.SubscriberConfig{Conn: nc, TrustDomain: td, Logger: e.log,
+	f.sub = events.NewSubscriber(events.SubscriberConfig{Conn: e.connect(s, id), TrustDomain: td, Client: id.ID(), Logger: e.log,
 		Handle: func(_ context.Context, ev *eventsv1.Event) { f.mu.Lock(); f.got = append(f.got, ev); f.mu.Unlock() }})
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -147,8 +148,8 @@ func TestEventsReachFollowersInOrder(t *testing.T) {
 	pub.Publish(bundleEvent(0)) // creates the stream before anyone follows
 	waitFor(t, "the first event to be stored", func() bool { return pub.Pending() == 0 })
 
-	agent := e.follow(ctx, e.connect(s, e.identity("agent", spiffeid.RequireFromSegments(td, "portcullis", "nodeagent", "node-a"))))
-	citadel := e.follow(ctx, e.connect(s, e.service(servicetls.Citadel)))
+	agent := e.follow(ctx, s, e.identity("agent", spiffeid.RequireFromSegments(td, "portcullis", "nodeagent", "node-a")))
+	citadel := e.follow(ctx, s, e.service(servicetls.Citadel))
 	for v := uint64(1); v <= 3; v++ {
 		pub.Publish(bundleEvent(v))
 	}
@@ -169,7 +170,7 @@ func TestOnlyKMSAdapterMayPublish(t *testing.T) {
 	pub.Publish(bundleEvent(1))
 	waitFor(t, "the stream", func() bool { return pub.Pending() == 0 })
 	agentID := e.identity("agent", spiffeid.RequireFromSegments(td, "portcullis", "nodeagent", "node-a"))
-	victim := e.follow(ctx, e.connect(s, e.service(servicetls.Citadel)))
+	victim := e.follow(ctx, s, e.service(servicetls.Citadel))
 
 	forger := e.connect(s, agentID)
 	js, err := jetstream.New(forger)
@@ -225,7 +226,7 @@ func TestOutageDelaysButLosesNothing(t *testing.T) {
 	pub := publisher(t, ctx, e, e.connect(s, e.service(servicetls.KMSAdapter)))
 	pub.Publish(bundleEvent(1))
 	waitFor(t, "the stream", func() bool { return pub.Pending() == 0 })
-	f := e.follow(ctx, e.connect(s, e.service(servicetls.Citadel)))
+	f := e.follow(ctx, s, e.service(servicetls.Citadel))
 	pub.Publish(bundleEvent(2))
 	waitFor(t, "event 2", func() bool { return len(f.versions()) == 1 })
 
