@@ -226,9 +226,15 @@ func TestOutageDelaysButLosesNothing(t *testing.T) {
 	pub := publisher(t, ctx, e, e.connect(s, e.service(servicetls.KMSAdapter)))
 	pub.Publish(bundleEvent(1))
 	waitFor(t, "the stream", func() bool { return pub.Pending() == 0 })
-	f := e.follow(ctx, s, e.service(servicetls.Citadel))
+	// Both kinds of follower, each confined to its own inbox and consumers by the guard.
+	followers := []*follower{
+		e.follow(ctx, s, e.service(servicetls.Citadel)),
+		e.follow(ctx, s, e.identity("agent", spiffeid.RequireFromSegments(td, "portcullis", "nodeagent", "node-a"))),
+	}
 	pub.Publish(bundleEvent(2))
-	waitFor(t, "event 2", func() bool { return len(f.versions()) == 1 })
+	for _, f := range followers {
+		waitFor(t, "event 2", func() bool { return len(f.versions()) == 1 })
+	}
 
 	s.Shutdown()
 	pub.Publish(bundleEvent(3))
@@ -238,9 +244,11 @@ func TestOutageDelaysButLosesNothing(t *testing.T) {
 	}
 	waitForPort(t, addr)
 	e.start(addr)
-	waitFor(t, "events 3 and 4 after the outage", func() bool { return len(f.versions()) == 3 })
-	if got := f.versions(); got[1] != 3 || got[2] != 4 {
-		t.Errorf("versions %v, want [2 3 4]", got)
+	for _, f := range followers {
+		waitFor(t, "events 3 and 4 after the outage", func() bool { return len(f.versions()) == 3 })
+		if got := f.versions(); got[1] != 3 || got[2] != 4 {
+			t.Errorf("versions %v, want [2 3 4]", got)
+		}
 	}
 }
 
