@@ -97,7 +97,11 @@ func Connect(c ConnConfig, id *servicetls.Identity, name string, logger *slog.Lo
 		nats.IgnoreAuthErrorAbort(),
 		nats.ReconnectWait(time.Second),
 		nats.ReconnectJitter(500*time.Millisecond, time.Second),
-		nats.ConnectHandler(func(nc *nats.Conn) { logger.Info("connected to nats", "url", nc.ConnectedUrlRedacted()) }),
+		// The inbox prefix is what an external server's permissions must let this identity
+		// subscribe to (docs/rotation.md).
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			logger.Info("connected to nats", "url", nc.ConnectedUrlRedacted(), "inbox_prefix", nc.Opts.InboxPrefix)
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			logger.Warn("disconnected from nats; events wait until it is back", "err", err)
 		}),

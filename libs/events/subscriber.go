@@ -62,6 +62,9 @@ func (s *Subscriber) Started() <-chan struct{} { return s.started }
 // Run follows the stream until ctx ends. Failures (NATS down, stream not created yet) are retried
 // with backoff and never end Run.
 func (s *Subscriber) Run(ctx context.Context) error {
+	if s.cfg.Client.IsZero() {
+		return errors.New("events subscriber: no client identity (SubscriberConfig.Client)")
+	}
 	scope := ScopeOf(s.cfg.Client)
 	prefix := s.cfg.JSAPIPrefix
 	if prefix == "" {
