@@ -49,22 +49,39 @@ func (s Scope) Token() string { return s.token }
 // deliveries to it go to subjects under InboxPrefix + ".", which no other identity may subscribe to.
 func (s Scope) InboxPrefix() string { return "_INBOX_" + s.token }
 
-// ConsumerPrefix is the name prefix of the identity's consumers (ordered consumers are named
-// <prefix>_<n>).
-func (s Scope) ConsumerPrefix() string { return s.token }
+// ConsumerPrefix names the consumers of one follower process of the identity: ordered consumers
+// are named <prefix>_<n>. Processes that share an identity (citadel's replicas) pass distinct
+// instances, 1 to 32 letters or digits, so that they never share a consumer (with ack policy
+// none, each would get only part of the events).
+func (s Scope) ConsumerPrefix(instance string) string { return s.token + "_" + instance }
 
-// OwnsConsumer reports whether name is one of the identity's consumers: <prefix>_<digits>.
+// OwnsConsumer reports whether name is one of the identity's consumers:
+// <token>_<instance>_<n>, instance letters or digits, n digits.
 func (s Scope) OwnsConsumer(name string) bool {
-	n, ok := strings.CutPrefix(name, s.token+"_")
-	if !ok || n == "" || len(n) > 19 {
+	rest, ok := strings.CutPrefix(name, s.token+"_")
+	if !ok {
 		return false
 	}
-	for _, r := range n {
+	instance, n, ok := strings.Cut(rest, "_")
+	return ok && len(instance) <= 32 && isAlnum(instance) && len(n) <= 19 && isDigits(n)
+}
+
+func isAlnum(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func isDigits(s string) bool {
+	for _, r := range s {
 		if r < '0' || r > '9' {
 			return false
 		}
 	}
-	return true
+	return s != ""
 }
 
 // OwnsInbox reports whether subject is under the identity's inbox prefix.

@@ -29,7 +29,7 @@ func TestScopesAreDistinctAndConfined(t *testing.T) {
 		if strings.ContainsAny(s.Token(), ".*> \t") {
 			t.Errorf("token %q of %s is not one subject token", s.Token(), id)
 		}
-		if !s.OwnsConsumer(s.ConsumerPrefix()+"_1") || !s.OwnsInbox(s.InboxPrefix()+".x.y") {
+		if !s.OwnsConsumer(s.ConsumerPrefix("abc")+"_1") || !s.OwnsInbox(s.InboxPrefix()+".x.y") {
 			t.Errorf("%s does not own its own consumer or inbox", id)
 		}
 		for _, other := range ids {
@@ -37,13 +37,14 @@ func TestScopesAreDistinctAndConfined(t *testing.T) {
 				continue
 			}
 			o := events.ScopeOf(other)
-			if s.OwnsConsumer(o.ConsumerPrefix()+"_1") || s.OwnsInbox(o.InboxPrefix()+".x") {
+			if s.OwnsConsumer(o.ConsumerPrefix("abc")+"_1") || s.OwnsInbox(o.InboxPrefix()+".x") {
 				t.Errorf("%s owns a consumer or inbox of %s", id, other)
 			}
 		}
 	}
 	s := events.ScopeOf(ids[1])
-	for _, name := range []string{s.ConsumerPrefix(), s.ConsumerPrefix() + "_", s.ConsumerPrefix() + "_1x", s.ConsumerPrefix() + "_1_2"} {
+	p := s.ConsumerPrefix("abc")
+	for _, name := range []string{p, p + "_", p + "_1x", p + "_1_2", s.Token() + "_1", s.Token() + "__1", s.Token() + "_a-b_1"} {
 		if s.OwnsConsumer(name) {
 			t.Errorf("OwnsConsumer(%q) = true", name)
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/utils/clock"
@@ -39,9 +40,10 @@ type SubscriberConfig struct {
 // a NATS restart it resumes after the last event it handled, so nothing published meanwhile is
 // missed while JetStream keeps it (StreamMaxAge).
 type Subscriber struct {
-	cfg     SubscriberConfig
-	started chan struct{}
-	once    sync.Once
+	cfg      SubscriberConfig
+	instance string // names this process's consumers (events.Scope.ConsumerPrefix)
+	started  chan struct{}
+	once     sync.Once
 }
 
 // NewSubscriber prepares a subscriber; Run follows the stream.
@@ -52,7 +54,7 @@ func NewSubscriber(cfg SubscriberConfig) *Subscriber {
 	if cfg.Received == nil {
 		cfg.Received = func(string, error) {}
 	}
-	return &Subscriber{cfg: cfg, started: make(chan struct{})}
+	return &Subscriber{cfg: cfg, instance: nuid.Next(), started: make(chan struct{})}
 }
 
 // Started is closed once the subscriber first follows the stream: events published from then on
@@ -90,7 +92,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		}
 		if known {
 			cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1,
-				InactiveThreshold: time.Minute, NamePrefix: scope.ConsumerPrefix()}
+				InactiveThreshold: time.Minute, NamePrefix: scope.ConsumerPrefix(s.instance)}
 			err = s.follow(ctx, js, cfg, &last, &retry)
 		}
 		if ctx.Err() != nil {

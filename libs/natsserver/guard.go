@@ -81,7 +81,7 @@ func checkRequest(scope events.Scope, req string, body []byte) error {
 
 func ownConsumer(scope events.Scope, name string) error {
 	if !scope.OwnsConsumer(name) {
-		return fmt.Errorf("consumer %q is not the sender's (its consumers are %s_<n>)", name, scope.ConsumerPrefix())
+		return fmt.Errorf("consumer %q is not the sender's (its consumers are %s_<instance>_<n>)", name, scope.Token())
 	}
 	return nil
 }

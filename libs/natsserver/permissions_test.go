@@ -129,7 +129,7 @@ func (a *attackEnv) call(f func(ctx context.Context) error) error {
 
 func TestNodeAgentCannotCreateDurableOrPushConsumers(t *testing.T) {
 	a := newAttackEnv(t)
-	own := events.ScopeOf(a.attacker.ID()).ConsumerPrefix() + "_1"
+	own := events.ScopeOf(a.attacker.ID()).ConsumerPrefix("spy") + "_1"
 	before := a.consumers()
 
 	// Straight at $JS.API, as a durable: not permitted at all.
@@ -228,7 +228,7 @@ func TestGuardDropsForeignReplySubjects(t *testing.T) {
 	ctx, cancel := context.WithTimeout(a.ctx, 5*time.Second)
 	defer cancel()
 	js := a.guarded(nc, a.attacker)
-	cons, err := js.OrderedConsumer(ctx, events.Stream, jetstream.OrderedConsumerConfig{NamePrefix: scope.ConsumerPrefix(),
+	cons, err := js.OrderedConsumer(ctx, events.Stream, jetstream.OrderedConsumerConfig{NamePrefix: scope.ConsumerPrefix("spy"),
 		DeliverPolicy: jetstream.DeliverAllPolicy, InactiveThreshold: time.Minute})
 	if err != nil {
 		t.Fatalf("an ordered consumer of its own: %v", err)

@@ -149,11 +149,13 @@ func TestEventsReachFollowersInOrder(t *testing.T) {
 	waitFor(t, "the first event to be stored", func() bool { return pub.Pending() == 0 })
 
 	agent := e.follow(ctx, s, e.identity("agent", spiffeid.RequireFromSegments(td, "portcullis", "nodeagent", "node-a")))
-	citadel := e.follow(ctx, s, e.service(servicetls.Citadel))
+	// Two citadel replicas share an identity; each must still get every event.
+	citadelID := e.service(servicetls.Citadel)
+	citadel, replica := e.follow(ctx, s, citadelID), e.follow(ctx, s, citadelID)
 	for v := uint64(1); v <= 3; v++ {
 		pub.Publish(bundleEvent(v))
 	}
-	for _, f := range []*follower{agent, citadel} {
+	for _, f := range []*follower{agent, citadel, replica} {
 		waitFor(t, "three events", func() bool { return len(f.versions()) == 3 })
 		if got := f.versions(); got[0] != 1 || got[1] != 2 || got[2] != 3 {
 			t.Errorf("versions %v, want [1 2 3] (followers start at subscription time, in order)", got)
