@@ -26,11 +26,13 @@ while IFS=: read -r file name; do
   fi
   # The last progress line carries the totals: "elapsed: 60s, execs: 123456 (2057/sec), ..."
   execs=$(grep -o 'execs: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
-  elapsed=$(grep -o 'elapsed: [0-9]*s' "$log" | tail -1 | cut -d' ' -f2)
+  # elapsed is "57s" or "4m0s"; in seconds:
+  elapsed=$(grep -Eo 'elapsed: ([0-9]+h)?([0-9]+m)?[0-9]+s' "$log" | tail -1 | cut -d' ' -f2 |
+    awk -F'[hms]' '{ if (NF == 4) print $1*3600 + $2*60 + $3; else if (NF == 3) print $1*60 + $2; else print $1 }')
   interesting=$(grep -o 'total: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
   rate="-"
-  if [ -n "${execs:-}" ] && [ -n "${elapsed:-}" ] && [ "${elapsed%s}" -gt 0 ]; then
-    rate=$(( execs / ${elapsed%s} ))
+  if [ -n "${execs:-}" ] && [ -n "${elapsed:-}" ] && [ "$elapsed" -gt 0 ]; then
+    rate=$(( execs / elapsed ))
   fi
   printf '%-4s %-55s %-18s execs %-9s %7s/s corpus %-5s wall %ss\n' "$result" "$dir" "$name" \
     "${execs:--}" "$rate" "${interesting:--}" "$(( $(date +%s) - start ))"
