@@ -47,7 +47,7 @@ func startKube(t *testing.T) *kubeEnv {
 	c := kubetest.Start(t, kubetest.Options{CRDDirs: []string{crds}, Users: []string{"mcp-sync", "portcullis-agent"}})
 	ctx := context.Background()
 	root, _ := kubetest.RepoRoot()
-	if err := c.Apply(ctx, filepath.Join(root, "charts/portcullis/templates/mcp-sync-clusterrole.yaml")); err != nil {
+	if err := c.Apply(ctx, filepath.Join(root, "charts/portcullis/charts/mcp-sync/files/clusterrole.yaml")); err != nil {
 		t.Fatal(err)
 	}
 	bind(t, c, "mcp-sync", "portcullis-mcp-sync")

@@ -49,3 +49,35 @@ func TestBoundedEvictsExpiredFirst(t *testing.T) {
 		t.Fatal("the newest entry was not kept")
 	}
 }
+
+func TestByteBoundHoldsWhateverTheEntryCount(t *testing.T) {
+	const maxBytes = 1000
+	c := NewWithBytes[int, []byte](1000, maxBytes, func(b []byte) int64 { return int64(len(b)) })
+	now := time.Unix(1000, 0)
+	for i := range 100 {
+		c.Put(i, make([]byte, 90), now.Add(time.Hour), now)
+		if c.Bytes() > maxBytes {
+			t.Fatalf("after %d puts the cache holds %d bytes, bound is %d", i+1, c.Bytes(), maxBytes)
+		}
+	}
+	if _, ok := c.Get(99, now); !ok {
+		t.Fatal("the newest entry was not kept")
+	}
+	// Replacing an entry counts its new size once.
+	c.Put(99, make([]byte, 10), now.Add(time.Hour), now)
+	var sum int64
+	for i := range 100 {
+		if v, ok := c.Get(i, now); ok {
+			sum += int64(len(v))
+		}
+	}
+	if sum != c.Bytes() {
+		t.Fatalf("Bytes() = %d, entries add up to %d", c.Bytes(), sum)
+	}
+	// A value above the whole budget is not stored, and evicts nothing.
+	before := c.Len()
+	c.Put(-1, make([]byte, maxBytes+1), now.Add(time.Hour), now)
+	if _, ok := c.Get(-1, now); ok || c.Len() != before {
+		t.Fatalf("an entry larger than the byte bound was stored (len %d -> %d)", before, c.Len())
+	}
+}

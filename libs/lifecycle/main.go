@@ -46,6 +46,7 @@ func Main(name string, args []string, cfg Config, build func(*slog.Logger) (Runn
 		fmt.Fprintf(os.Stderr, "%s: invalid configuration: %v\n", name, err)
 		return 2
 	}
+	logger.Info("starting", "version", Version)
 	svc, err := build(logger)
 	if err != nil {
 		logger.Error("startup failed", "err", err)

@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -70,26 +69,11 @@ func (ca *BootstrapCA) Issue(dir, name string, id spiffeid.ID, validity time.Dur
 	if err != nil {
 		return Files{}, err
 	}
-	serial, err := randomSerial()
+	cert, err := ca.Sign(id, &key.PublicKey, validity)
 	if err != nil {
 		return Files{}, err
 	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{Organization: []string{"Portcullis"}},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:         []*url.URL{id.URL()},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		return Files{}, fmt.Errorf("issuing %s: %w", id, err)
-	}
+	der := cert.Raw
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
 		return Files{}, err

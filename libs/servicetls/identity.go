@@ -6,8 +6,10 @@ import (
 	"errors"
 	"flag"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc/credentials"
 )
 
@@ -39,8 +41,21 @@ func (f Files) Validate() error {
 // files (see fileSource), so no restart is needed.
 type Identity struct {
 	id     spiffeid.ID
-	source *fileSource
+	source Source
 }
+
+// Source is where an Identity takes its current certificate and CA bundle, at every handshake.
+// Implementations are safe for concurrent use; the certificate's ID never changes.
+type Source interface {
+	x509svid.Source
+	x509bundle.Source
+	// ReloadError says why the last change was not taken (nil if it was, or none came).
+	ReloadError() error
+}
+
+// FromSource makes an Identity of id served by s (e.g. a Rotating identity obtained by node
+// attestation instead of from files).
+func FromSource(id spiffeid.ID, s Source) *Identity { return &Identity{id: id, source: s} }
 
 // Load reads and checks the files: the certificate must carry a SPIFFE ID and match the key.
 func Load(f Files) (*Identity, error) {
@@ -73,6 +88,14 @@ func (i *Identity) ServerTLS() *tls.Config {
 		}
 		return verify(raw, chains)
 	}
+	return conf
+}
+
+// ServerTLSWithoutClientAuth serves this identity to clients that have none yet (node
+// attestation): it asks for no client certificate.
+func (i *Identity) ServerTLSWithoutClientAuth() *tls.Config {
+	conf := tlsconfig.TLSServerConfig(i.source)
+	conf.ClientAuth = tls.NoClientCert
 	return conf
 }
 

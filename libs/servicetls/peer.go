@@ -48,6 +48,16 @@ func AllowServices(services ...string) Authorizer {
 // Interceptors enforce a verified client certificate and the authorizer on every call, except on
 // the methods in open (e.g. gRPC health checks).
 func Interceptors(authorize Authorizer, open ...string) []grpc.ServerOption {
+	return ObservedInterceptors(authorize, nil, open...)
+}
+
+// RefusalObserver is told about every call the interceptors refuse, before any handler runs:
+// peer is zero when the caller presented no certificate, err is the status returned to it.
+type RefusalObserver func(ctx context.Context, method string, peer spiffeid.ID, err error)
+
+// ObservedInterceptors are Interceptors that also report each refusal to observe (if not nil),
+// so that a service can log and count what never reaches its handlers.
+func ObservedInterceptors(authorize Authorizer, observe RefusalObserver, open ...string) []grpc.ServerOption {
 	check := func(ctx context.Context, method string) error {
 		for _, m := range open {
 			if m == method {
@@ -56,12 +66,14 @@ func Interceptors(authorize Authorizer, open ...string) []grpc.ServerOption {
 		}
 		id, err := PeerID(ctx)
 		if err != nil {
-			return status.Errorf(codes.Unauthenticated, "%s: a control-plane client certificate is required", method)
+			err = status.Errorf(codes.Unauthenticated, "%s: a control-plane client certificate is required", method)
+		} else if aerr := authorize(ctx, id, method); aerr != nil {
+			err = status.Errorf(codes.PermissionDenied, "%s: %s: %v", method, Describe(id), aerr)
 		}
-		if err := authorize(ctx, id, method); err != nil {
-			return status.Errorf(codes.PermissionDenied, "%s: %s: %v", method, Describe(id), err)
+		if err != nil && observe != nil {
+			observe(ctx, method, id, err)
 		}
-		return nil
+		return err
 	}
 	return []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {

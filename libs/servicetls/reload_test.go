@@ -51,7 +51,7 @@ func TestRotatedFilesReachTheNextHandshake(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ident.source.interval = 0 // look at the files on every handshake
+	ident.source.(*fileSource).interval = 0 // look at the files on every handshake
 	first := servedSerial(t, ident)
 
 	time.Sleep(10 * time.Millisecond) // a distinct modification time

@@ -29,7 +29,11 @@ type Workload struct {
 	ServiceAccount string
 	PodName        string
 	PodUID         string
-	Expiry         time.Time
+	// NodeName and NodeUID are the node the pod was scheduled on, when the token says so
+	// (Kubernetes 1.30+ projected tokens carry it; node attestation needs it).
+	NodeName string
+	NodeUID  string
+	Expiry   time.Time
 }
 
 // PodKey is the "<namespace>/<pod>" key of the bound pod.
@@ -48,6 +52,7 @@ type claims struct {
 type kubernetesClaims struct {
 	Namespace      string `json:"namespace"`
 	Pod            *ref   `json:"pod,omitempty"`
+	Node           *ref   `json:"node,omitempty"`
 	ServiceAccount ref    `json:"serviceaccount"`
 }
 

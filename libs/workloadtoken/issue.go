@@ -64,7 +64,7 @@ func (i *Issuer) KeySet() jose.JSONWebKeySet {
 	return jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &i.key.PublicKey, KeyID: i.keyID, Algorithm: string(jose.ES256), Use: "sig"}}}
 }
 
-// Issue mints a token for w (Expiry is ignored) valid for ttl.
+// Issue mints a token for w (Expiry is ignored) valid for ttl. A NodeName adds the node claim.
 func (i *Issuer) Issue(w Workload, audience []string, ttl time.Duration) (string, error) {
 	now := i.clock.Now()
 	c := claims{
@@ -81,6 +81,9 @@ func (i *Issuer) Issue(w Workload, audience []string, ttl time.Duration) (string
 			Pod:            &ref{Name: w.PodName, UID: w.PodUID},
 			ServiceAccount: ref{Name: w.ServiceAccount},
 		},
+	}
+	if w.NodeName != "" {
+		c.Kubernetes.Node = &ref{Name: w.NodeName, UID: w.NodeUID}
 	}
 	return jwt.Signed(i.signer).Claims(c).Serialize()
 }

@@ -89,13 +89,17 @@ func (v *Verifier) Verify(raw string) (Workload, error) {
 	if c.Subject != subject(k.Namespace, k.ServiceAccount.Name) {
 		return Workload{}, fmt.Errorf("%w: subject %q does not match its service account", ErrMalformed, c.Subject)
 	}
-	return Workload{
+	w := Workload{
 		Namespace:      k.Namespace,
 		ServiceAccount: k.ServiceAccount.Name,
 		PodName:        k.Pod.Name,
 		PodUID:         k.Pod.UID,
 		Expiry:         c.Expiry.Time(),
-	}, nil
+	}
+	if k.Node != nil {
+		w.NodeName, w.NodeUID = k.Node.Name, k.Node.UID
+	}
+	return w, nil
 }
 
 // LoadKeySet reads a JWKS document (the issuer's public keys).

@@ -424,3 +424,27 @@ func TestNewVerifierValidatesConfig(t *testing.T) {
 		t.Fatalf("valid config: %v", err)
 	}
 }
+
+func TestVerifyNodeClaim(t *testing.T) {
+	f := newFixture(t)
+	onNode := payments
+	onNode.NodeName, onNode.NodeUID = "node-a", "node-uid-1"
+	raw, err := f.issuer.Issue(onNode, []string{audience}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := f.verifier.Verify(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w.NodeName != "node-a" || w.NodeUID != "node-uid-1" {
+		t.Fatalf("node claim = %q/%q, want node-a/node-uid-1", w.NodeName, w.NodeUID)
+	}
+	raw, err = f.issuer.Issue(payments, []string{audience}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w, err = f.verifier.Verify(raw); err != nil || w.NodeName != "" {
+		t.Fatalf("token without node claim: %+v, %v; want no node", w, err)
+	}
+}

@@ -25,6 +25,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/portcullis-mesh/portcullis/tools/procs"
 )
 
 // Issuer is the service-account token issuer ("iss") of the test API server.
@@ -53,8 +55,8 @@ type Cluster struct {
 	host      string
 	caFile    string
 	tokens    map[string]string // user -> bearer token
-	etcd      *process
-	apiServer *process
+	etcd      *procs.Process
+	apiServer *procs.Process
 }
 
 // Start runs a cluster that t.Cleanup stops. It fails t (never skips) when a binary is missing.
@@ -84,23 +86,23 @@ func start(dir string, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	ports, err := freePorts(3)
+	ports, err := procs.FreePorts(3)
 	if err != nil {
 		return nil, err
 	}
-	etcdClient, etcdPeer, apiPort := hostPort(ports[0]), hostPort(ports[1]), ports[2]
-	c := &Cluster{dir: dir, host: "https://" + hostPort(apiPort), tokens: map[string]string{}}
+	etcdClient, etcdPeer, apiPort := procs.HostPort(ports[0]), procs.HostPort(ports[1]), ports[2]
+	c := &Cluster{dir: dir, host: "https://" + procs.HostPort(apiPort), tokens: map[string]string{}}
 
-	c.etcd = &process{name: "etcd", bin: etcdBin, log: filepath.Join(dir, "etcd.log"), args: []string{
+	c.etcd = &procs.Process{Name: "etcd", Bin: etcdBin, Log: filepath.Join(dir, "etcd.log"), Args: []string{
 		"--name", "kubetest", "--data-dir", filepath.Join(dir, "etcd"),
 		"--listen-client-urls", "http://" + etcdClient, "--advertise-client-urls", "http://" + etcdClient,
 		"--listen-peer-urls", "http://" + etcdPeer, "--initial-advertise-peer-urls", "http://" + etcdPeer,
 		"--initial-cluster", "kubetest=http://" + etcdPeer,
 	}}
-	if err := c.etcd.start(); err != nil {
+	if err := c.etcd.Start(); err != nil {
 		return c, err
 	}
-	if err := c.etcd.waitFor(30*time.Second, func() error { return httpOK("http://"+etcdClient+"/health", "") }); err != nil {
+	if err := c.etcd.WaitFor(30*time.Second, func() error { return httpOK("http://"+etcdClient+"/health", "") }); err != nil {
 		return c, err
 	}
 
@@ -114,7 +116,7 @@ func start(dir string, opts Options) (*Cluster, error) {
 	}
 	certDir := filepath.Join(dir, "apiserver-certs")
 	c.caFile = filepath.Join(certDir, "apiserver.crt")
-	c.apiServer = &process{name: "kube-apiserver", bin: apiBin, log: filepath.Join(dir, "kube-apiserver.log"), args: []string{
+	c.apiServer = &procs.Process{Name: "kube-apiserver", Bin: apiBin, Log: filepath.Join(dir, "kube-apiserver.log"), Args: []string{
 		"--etcd-servers=http://" + etcdClient,
 		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", apiPort),
 		"--cert-dir=" + certDir,
@@ -140,11 +142,11 @@ func start(dir string, opts Options) (*Cluster, error) {
 // StartAPIServer starts kube-apiserver (again, after StopAPIServer) on the same port, with the
 // same certificate and keys, and waits until it is ready.
 func (c *Cluster) StartAPIServer() error {
-	if err := c.apiServer.start(); err != nil {
+	if err := c.apiServer.Start(); err != nil {
 		return err
 	}
 	ready := func() error { return httpOK(c.host+"/readyz", c.tokens[AdminUser]) }
-	if err := c.apiServer.waitFor(60*time.Second, ready); err != nil {
+	if err := c.apiServer.WaitFor(60*time.Second, ready); err != nil {
 		return err
 	}
 	c.Config = c.UserConfig(AdminUser)
@@ -157,14 +159,14 @@ const apiServerGrace = 3 * time.Second
 
 // StopAPIServer stops kube-apiserver: SIGTERM, then SIGKILL after a few seconds. etcd keeps
 // running, so no data is lost.
-func (c *Cluster) StopAPIServer() { c.apiServer.stop(apiServerGrace) }
+func (c *Cluster) StopAPIServer() { c.apiServer.Stop(apiServerGrace) }
 
 func (c *Cluster) stop() {
 	if c.apiServer != nil {
-		c.apiServer.stop(apiServerGrace)
+		c.apiServer.Stop(apiServerGrace)
 	}
 	if c.etcd != nil {
-		c.etcd.stop(10 * time.Second)
+		c.etcd.Stop(10 * time.Second)
 	}
 }
 

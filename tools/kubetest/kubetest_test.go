@@ -26,7 +26,7 @@ func TestCluster(t *testing.T) {
 	ctx := context.Background()
 
 	root, _ := kubetest.RepoRoot()
-	if err := c.Apply(ctx, root+"/charts/portcullis/templates/mcp-sync-clusterrole.yaml"); err != nil {
+	if err := c.Apply(ctx, root+"/charts/portcullis/charts/mcp-sync/files/clusterrole.yaml"); err != nil {
 		t.Fatal(err)
 	}
 	_, err = c.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{

@@ -42,6 +42,9 @@ type Options struct {
 	// ExternalNATS runs the event bus as a process of its own (natsd) instead of inside
 	// kms-adapter, so that tests can stop NATS while kms-adapter keeps running.
 	ExternalNATS bool
+	// AttestedAgents starts node agents with only a token and the CA bundle: they obtain their
+	// certificates from citadel's node attestation (see attest.go).
+	AttestedAgents bool
 }
 
 // Stack is a running Portcullis.
@@ -138,14 +141,27 @@ func (s *Stack) startAll(ctx context.Context) error {
 		}
 		s.nats = []string{"-nats-url", "tls://" + s.procs[KMSAdapter].Addr("nats")}
 	}
+	if s.opts.AttestedAgents {
+		if err := s.writeAgentManifests(); err != nil {
+			return err
+		}
+	}
+	attestFlags, err := s.citadelAttestFlags()
+	if err != nil {
+		return err
+	}
 	if err := s.add(ctx, MCPSync, MCPSync, id(servicetls.MCPSync), grpcAdmin,
 		"-listen", "127.0.0.1:0", "-admin-listen", "127.0.0.1:0",
 		"-source", "file", "-manifests-dir", s.opts.Manifests); err != nil {
 		return err
 	}
-	if err := s.add(ctx, Citadel, Citadel, id(servicetls.Citadel), grpcAdmin,
+	citadelWant := grpcAdmin
+	if s.opts.AttestedAgents {
+		citadelWant = append(citadelWant, "attest")
+	}
+	if err := s.add(ctx, Citadel, Citadel, id(servicetls.Citadel), citadelWant,
 		append([]string{"-listen", "127.0.0.1:0", "-admin-listen", "127.0.0.1:0",
-			"-kms-addr", s.Addr(KMSAdapter), "-mcp-addr", s.Addr(MCPSync)}, append(s.tokenFlags(), s.nats...)...)...); err != nil {
+			"-kms-addr", s.Addr(KMSAdapter), "-mcp-addr", s.Addr(MCPSync)}, append(append(s.tokenFlags(), s.nats...), attestFlags...)...)...); err != nil {
 		return err
 	}
 	for _, node := range s.opts.Nodes {
@@ -161,11 +177,14 @@ func (s *Stack) addAgent(ctx context.Context, node string) error {
 	if err != nil {
 		return err
 	}
-	return s.add(ctx, agentName(node), NodeAgent, nodeID, []string{"sds", "admin"},
-		append([]string{"-node-name", node, "-socket", s.Socket(node), "-admin-listen", "127.0.0.1:0",
-			"-citadel-addr", s.Addr(Citadel), "-mcp-addr", s.Addr(MCPSync),
-			// Seconds, not the production minutes: a demo or a test watches a rotation happen.
-			"-rotate-jitter", "2s"}, append(s.tokenFlags(), s.nats...)...)...)
+	args := append([]string{"-node-name", node, "-socket", s.Socket(node), "-admin-listen", "127.0.0.1:0",
+		"-citadel-addr", s.Addr(Citadel), "-mcp-addr", s.Addr(MCPSync),
+		// Seconds, not the production minutes: a demo or a test watches a rotation happen.
+		"-rotate-jitter", "2s"}, append(s.tokenFlags(), s.nats...)...)
+	if s.opts.AttestedAgents {
+		return s.addAttestedAgent(ctx, node, args)
+	}
+	return s.add(ctx, agentName(node), NodeAgent, nodeID, []string{"sds", "admin"}, args...)
 }
 
 func (s *Stack) tokenFlags() []string {
@@ -197,7 +216,15 @@ func (s *Stack) Restart(ctx context.Context, name string) error {
 }
 
 // Resume starts a stopped or killed service again on the addresses it had.
-func (s *Stack) Resume(ctx context.Context, name string) error {
+func (s *Stack) Resume(ctx context.Context, name string) error { return s.resume(ctx, name, nil) }
+
+// ResumeWaitingFor is Resume, but waits only for the given listeners (e.g. the "admin" of an
+// agent that cannot attest yet, and so opens no SDS socket).
+func (s *Stack) ResumeWaitingFor(ctx context.Context, name string, listeners ...string) error {
+	return s.resume(ctx, name, listeners)
+}
+
+func (s *Stack) resume(ctx context.Context, name string, only []string) error {
 	p := s.procs[name]
 	args := append([]string(nil), p.args...)
 	var want []string
@@ -213,11 +240,16 @@ func (s *Stack) Resume(ctx context.Context, name string) error {
 			args[i+1], want = p.Addr("admin"), append(want, "admin")
 		case "-nats-listen":
 			args[i+1], want = p.Addr("nats"), append(want, "nats")
+		case "-attest-listen":
+			args[i+1], want = p.Addr("attest"), append(want, "attest")
 		case "-socket":
 			want = append(want, "sds")
 		}
 	}
 	p.args = args
+	if only != nil {
+		want = only
+	}
 	return p.start(ctx, want...)
 }
 

@@ -6,6 +6,7 @@
 //	portcullisctl [flags] rotate-ca prepare|activate|retire [-force]
 //	portcullisctl [flags] force-rotate [-reason R] spiffe://td/ns/N/sa/S
 //	portcullisctl [flags] revoke [-reason R] spiffe://td/ns/N/sa/S
+//	portcullisctl bootstrap -namespace NS [flags]   (in-cluster control-plane identities; see bootstrap.go)
 package main
 
 import (
@@ -17,6 +18,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
@@ -25,6 +27,10 @@ import (
 )
 
 func main() {
+	run := run
+	if len(os.Args) > 1 && os.Args[1] == "bootstrap" { // needs no admin TLS flags: see bootstrap.go
+		run = func(args []string, out io.Writer) error { return runBootstrap(args[1:], out) }
+	}
 	if err := run(os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "portcullisctl:", err)
 		os.Exit(1)
@@ -60,11 +66,11 @@ func command(ctx context.Context, c kmsv1.KMSAdminServiceClient, name string, ar
 	sub := flag.NewFlagSet(name, flag.ContinueOnError)
 	force := sub.Bool("force", false, "rotate-ca retire: drop previous roots now, even if their leaves may still be in use")
 	reason := sub.String("reason", "", "why (recorded in kms-adapter's log and the event)")
-	if err := sub.Parse(args); err != nil {
-		return err
-	}
 	switch name {
 	case "status":
+		if _, err := parseArgs(sub, args, 0); err != nil {
+			return err
+		}
 		st, err := c.GetCAStatus(ctx, &kmsv1.GetCAStatusRequest{})
 		if err != nil {
 			return err
@@ -73,9 +79,16 @@ func command(ctx context.Context, c kmsv1.KMSAdminServiceClient, name string, ar
 	case "rotate-ca":
 		steps := map[string]kmsv1.RotationStep{"prepare": kmsv1.RotationStep_ROTATION_STEP_PREPARE,
 			"activate": kmsv1.RotationStep_ROTATION_STEP_ACTIVATE, "retire": kmsv1.RotationStep_ROTATION_STEP_RETIRE}
-		step, ok := steps[sub.Arg(0)]
+		pos, err := parseArgs(sub, args, 1, "force")
+		if err != nil {
+			return err
+		}
+		step, ok := kmsv1.RotationStep(0), len(pos) == 1
+		if ok {
+			step, ok = steps[pos[0]]
+		}
 		if !ok {
-			return fmt.Errorf("rotate-ca: want prepare, activate or retire, got %q", sub.Arg(0))
+			return fmt.Errorf("rotate-ca: want prepare, activate or retire, got %q", strings.Join(pos, " "))
 		}
 		st, err := c.RotateCA(ctx, &kmsv1.RotateCARequest{Step: step, Force: *force})
 		if err != nil {
@@ -83,23 +96,31 @@ func command(ctx context.Context, c kmsv1.KMSAdminServiceClient, name string, ar
 		}
 		printStatus(out, st)
 	case "force-rotate":
-		if sub.NArg() != 1 {
+		pos, err := parseArgs(sub, args, 1, "reason")
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
 			return errors.New("force-rotate: want one SPIFFE ID")
 		}
-		r, err := c.ForceRotateIdentity(ctx, &kmsv1.ForceRotateIdentityRequest{SpiffeId: sub.Arg(0), Reason: *reason})
+		r, err := c.ForceRotateIdentity(ctx, &kmsv1.ForceRotateIdentityRequest{SpiffeId: pos[0], Reason: *reason})
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "force-rotation of %s announced (event %d)\n", sub.Arg(0), r.GetEventSequence())
+		fmt.Fprintf(out, "force-rotation of %s announced (event %d)\n", pos[0], r.GetEventSequence())
 	case "revoke":
-		if sub.NArg() != 1 {
+		pos, err := parseArgs(sub, args, 1, "reason")
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
 			return errors.New("revoke: want one SPIFFE ID")
 		}
-		r, err := c.RevokeIdentity(ctx, &kmsv1.RevokeIdentityRequest{SpiffeId: sub.Arg(0), Reason: *reason})
+		r, err := c.RevokeIdentity(ctx, &kmsv1.RevokeIdentityRequest{SpiffeId: pos[0], Reason: *reason})
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "certificates of %s issued before %s revoked (event %d)\n", sub.Arg(0),
+		fmt.Fprintf(out, "certificates of %s issued before %s revoked (event %d)\n", pos[0],
 			time.Unix(r.GetRevokedBeforeUnix(), 0).UTC().Format(time.RFC3339), r.GetEventSequence())
 	default:
 		return fmt.Errorf("unknown command %q: want status, rotate-ca, force-rotate or revoke", name)

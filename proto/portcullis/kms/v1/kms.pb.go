@@ -11,6 +11,7 @@ package kmsv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -183,6 +184,181 @@ func (x *SignCertificateResponse) GetCertChain() [][]byte {
 	return nil
 }
 
+type GetRevocationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRevocationsRequest) Reset() {
+	*x = GetRevocationsRequest{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRevocationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRevocationsRequest) ProtoMessage() {}
+
+func (x *GetRevocationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRevocationsRequest.ProtoReflect.Descriptor instead.
+func (*GetRevocationsRequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{2}
+}
+
+type GetRevocationsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Increases with every change, across restarts of kms-adapter.
+	Version uint64 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
+	// One entry per revoked identity whose revoked certificates may still be valid.
+	Revocations   []*Revocation `protobuf:"bytes,2,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRevocationsResponse) Reset() {
+	*x = GetRevocationsResponse{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRevocationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRevocationsResponse) ProtoMessage() {}
+
+func (x *GetRevocationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRevocationsResponse.ProtoReflect.Descriptor instead.
+func (*GetRevocationsResponse) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetRevocationsResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *GetRevocationsResponse) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+// Revocation of every certificate of an identity issued before revoked_at. Signers backdate
+// NotBefore for clock skew, so NotBefore alone cannot tell a revoked certificate from its
+// replacement: a certificate of spiffe_id is revoked if its NotBefore is not after
+// not_before_cutoff and its serial is not in reissued_serials, the certificates kms-adapter
+// signed after the revocation with such a NotBefore.
+type Revocation struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// kms-adapter's time of the revocation.
+	RevokedAt *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	// revoked_at plus a margin for a signer whose clock runs ahead of kms-adapter's.
+	NotBeforeCutoff *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=not_before_cutoff,json=notBeforeCutoff,proto3" json:"not_before_cutoff,omitempty"`
+	// Serial numbers (big-endian bytes) recorded at signing, before the chain was returned.
+	ReissuedSerials [][]byte `protobuf:"bytes,4,rep,name=reissued_serials,json=reissuedSerials,proto3" json:"reissued_serials,omitempty"`
+	// Every certificate issued before revoked_at has expired by then; the entry is dropped.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Revocation) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *Revocation) GetRevokedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return nil
+}
+
+func (x *Revocation) GetNotBeforeCutoff() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBeforeCutoff
+	}
+	return nil
+}
+
+func (x *Revocation) GetReissuedSerials() [][]byte {
+	if x != nil {
+		return x.ReissuedSerials
+	}
+	return nil
+}
+
+func (x *Revocation) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 type GetTrustBundleRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -191,7 +367,7 @@ type GetTrustBundleRequest struct {
 
 func (x *GetTrustBundleRequest) Reset() {
 	*x = GetTrustBundleRequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[2]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -203,7 +379,7 @@ func (x *GetTrustBundleRequest) String() string {
 func (*GetTrustBundleRequest) ProtoMessage() {}
 
 func (x *GetTrustBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[2]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -216,7 +392,7 @@ func (x *GetTrustBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTrustBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetTrustBundleRequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{2}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{5}
 }
 
 type GetTrustBundleResponse struct {
@@ -232,7 +408,7 @@ type GetTrustBundleResponse struct {
 
 func (x *GetTrustBundleResponse) Reset() {
 	*x = GetTrustBundleResponse{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[3]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -244,7 +420,7 @@ func (x *GetTrustBundleResponse) String() string {
 func (*GetTrustBundleResponse) ProtoMessage() {}
 
 func (x *GetTrustBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[3]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -257,7 +433,7 @@ func (x *GetTrustBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTrustBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetTrustBundleResponse) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{3}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GetTrustBundleResponse) GetTrustDomain() string {
@@ -289,7 +465,7 @@ type GetCAStatusRequest struct {
 
 func (x *GetCAStatusRequest) Reset() {
 	*x = GetCAStatusRequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[4]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -301,7 +477,7 @@ func (x *GetCAStatusRequest) String() string {
 func (*GetCAStatusRequest) ProtoMessage() {}
 
 func (x *GetCAStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[4]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -314,7 +490,7 @@ func (x *GetCAStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCAStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetCAStatusRequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{4}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{7}
 }
 
 type RotateCARequest struct {
@@ -328,7 +504,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[5]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -340,7 +516,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[5]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -353,7 +529,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{5}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RotateCARequest) GetStep() RotationStep {
@@ -382,7 +558,7 @@ type CAInfo struct {
 
 func (x *CAInfo) Reset() {
 	*x = CAInfo{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[6]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +570,7 @@ func (x *CAInfo) String() string {
 func (*CAInfo) ProtoMessage() {}
 
 func (x *CAInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[6]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +583,7 @@ func (x *CAInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAInfo.ProtoReflect.Descriptor instead.
 func (*CAInfo) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{6}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *CAInfo) GetRoot() []byte {
@@ -439,7 +615,7 @@ type CAStatus struct {
 
 func (x *CAStatus) Reset() {
 	*x = CAStatus{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[7]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -451,7 +627,7 @@ func (x *CAStatus) String() string {
 func (*CAStatus) ProtoMessage() {}
 
 func (x *CAStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[7]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -464,7 +640,7 @@ func (x *CAStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatus.ProtoReflect.Descriptor instead.
 func (*CAStatus) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{7}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CAStatus) GetBundleVersion() uint64 {
@@ -519,7 +695,7 @@ type ForceRotateIdentityRequest struct {
 
 func (x *ForceRotateIdentityRequest) Reset() {
 	*x = ForceRotateIdentityRequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[8]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -531,7 +707,7 @@ func (x *ForceRotateIdentityRequest) String() string {
 func (*ForceRotateIdentityRequest) ProtoMessage() {}
 
 func (x *ForceRotateIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[8]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -544,7 +720,7 @@ func (x *ForceRotateIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceRotateIdentityRequest.ProtoReflect.Descriptor instead.
 func (*ForceRotateIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{8}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ForceRotateIdentityRequest) GetSpiffeId() string {
@@ -571,7 +747,7 @@ type ForceRotateIdentityResponse struct {
 
 func (x *ForceRotateIdentityResponse) Reset() {
 	*x = ForceRotateIdentityResponse{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[9]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +759,7 @@ func (x *ForceRotateIdentityResponse) String() string {
 func (*ForceRotateIdentityResponse) ProtoMessage() {}
 
 func (x *ForceRotateIdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[9]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +772,7 @@ func (x *ForceRotateIdentityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceRotateIdentityResponse.ProtoReflect.Descriptor instead.
 func (*ForceRotateIdentityResponse) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{9}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ForceRotateIdentityResponse) GetEventSequence() uint64 {
@@ -616,7 +792,7 @@ type RevokeIdentityRequest struct {
 
 func (x *RevokeIdentityRequest) Reset() {
 	*x = RevokeIdentityRequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[10]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -628,7 +804,7 @@ func (x *RevokeIdentityRequest) String() string {
 func (*RevokeIdentityRequest) ProtoMessage() {}
 
 func (x *RevokeIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[10]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -641,7 +817,7 @@ func (x *RevokeIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeIdentityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{10}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RevokeIdentityRequest) GetSpiffeId() string {
@@ -669,7 +845,7 @@ type RevokeIdentityResponse struct {
 
 func (x *RevokeIdentityResponse) Reset() {
 	*x = RevokeIdentityResponse{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[11]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +857,7 @@ func (x *RevokeIdentityResponse) String() string {
 func (*RevokeIdentityResponse) ProtoMessage() {}
 
 func (x *RevokeIdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[11]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +870,7 @@ func (x *RevokeIdentityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeIdentityResponse.ProtoReflect.Descriptor instead.
 func (*RevokeIdentityResponse) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{11}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RevokeIdentityResponse) GetEventSequence() uint64 {
@@ -715,7 +891,7 @@ var File_portcullis_kms_v1_kms_proto protoreflect.FileDescriptor
 
 const file_portcullis_kms_v1_kms_proto_rawDesc = "" +
 	"\n" +
-	"\x1bportcullis/kms/v1/kms.proto\x12\x11portcullis.kms.v1\"h\n" +
+	"\x1bportcullis/kms/v1/kms.proto\x12\x11portcullis.kms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"h\n" +
 	"\x16SignCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1f\n" +
@@ -724,6 +900,19 @@ const file_portcullis_kms_v1_kms_proto_rawDesc = "" +
 	"\x17SignCertificateResponse\x12\x1d\n" +
 	"\n" +
 	"cert_chain\x18\x01 \x03(\fR\tcertChain\"\x17\n" +
+	"\x15GetRevocationsRequest\"s\n" +
+	"\x16GetRevocationsResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\x04R\aversion\x12?\n" +
+	"\vrevocations\x18\x02 \x03(\v2\x1d.portcullis.kms.v1.RevocationR\vrevocations\"\x92\x02\n" +
+	"\n" +
+	"Revocation\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x129\n" +
+	"\n" +
+	"revoked_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\trevokedAt\x12F\n" +
+	"\x11not_before_cutoff\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x0fnotBeforeCutoff\x12)\n" +
+	"\x10reissued_serials\x18\x04 \x03(\fR\x0freissuedSerials\x129\n" +
+	"\n" +
+	"expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x17\n" +
 	"\x15GetTrustBundleRequest\"\x82\x01\n" +
 	"\x16GetTrustBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12+\n" +
@@ -758,10 +947,11 @@ const file_portcullis_kms_v1_kms_proto_rawDesc = "" +
 	"\x19ROTATION_STEP_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ROTATION_STEP_PREPARE\x10\x01\x12\x1a\n" +
 	"\x16ROTATION_STEP_ACTIVATE\x10\x02\x12\x18\n" +
-	"\x14ROTATION_STEP_RETIRE\x10\x032\xeb\x01\n" +
+	"\x14ROTATION_STEP_RETIRE\x10\x032\xd4\x02\n" +
 	"\x14KeyManagementService\x12j\n" +
 	"\x0fSignCertificate\x12).portcullis.kms.v1.SignCertificateRequest\x1a*.portcullis.kms.v1.SignCertificateResponse\"\x00\x12g\n" +
-	"\x0eGetTrustBundle\x12(.portcullis.kms.v1.GetTrustBundleRequest\x1a).portcullis.kms.v1.GetTrustBundleResponse\"\x002\x96\x03\n" +
+	"\x0eGetTrustBundle\x12(.portcullis.kms.v1.GetTrustBundleRequest\x1a).portcullis.kms.v1.GetTrustBundleResponse\"\x00\x12g\n" +
+	"\x0eGetRevocations\x12(.portcullis.kms.v1.GetRevocationsRequest\x1a).portcullis.kms.v1.GetRevocationsResponse\"\x002\x96\x03\n" +
 	"\x0fKMSAdminService\x12S\n" +
 	"\vGetCAStatus\x12%.portcullis.kms.v1.GetCAStatusRequest\x1a\x1b.portcullis.kms.v1.CAStatus\"\x00\x12M\n" +
 	"\bRotateCA\x12\".portcullis.kms.v1.RotateCARequest\x1a\x1b.portcullis.kms.v1.CAStatus\"\x00\x12v\n" +
@@ -781,45 +971,55 @@ func file_portcullis_kms_v1_kms_proto_rawDescGZIP() []byte {
 }
 
 var file_portcullis_kms_v1_kms_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_portcullis_kms_v1_kms_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_portcullis_kms_v1_kms_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_portcullis_kms_v1_kms_proto_goTypes = []any{
 	(RotationStep)(0),                   // 0: portcullis.kms.v1.RotationStep
 	(*SignCertificateRequest)(nil),      // 1: portcullis.kms.v1.SignCertificateRequest
 	(*SignCertificateResponse)(nil),     // 2: portcullis.kms.v1.SignCertificateResponse
-	(*GetTrustBundleRequest)(nil),       // 3: portcullis.kms.v1.GetTrustBundleRequest
-	(*GetTrustBundleResponse)(nil),      // 4: portcullis.kms.v1.GetTrustBundleResponse
-	(*GetCAStatusRequest)(nil),          // 5: portcullis.kms.v1.GetCAStatusRequest
-	(*RotateCARequest)(nil),             // 6: portcullis.kms.v1.RotateCARequest
-	(*CAInfo)(nil),                      // 7: portcullis.kms.v1.CAInfo
-	(*CAStatus)(nil),                    // 8: portcullis.kms.v1.CAStatus
-	(*ForceRotateIdentityRequest)(nil),  // 9: portcullis.kms.v1.ForceRotateIdentityRequest
-	(*ForceRotateIdentityResponse)(nil), // 10: portcullis.kms.v1.ForceRotateIdentityResponse
-	(*RevokeIdentityRequest)(nil),       // 11: portcullis.kms.v1.RevokeIdentityRequest
-	(*RevokeIdentityResponse)(nil),      // 12: portcullis.kms.v1.RevokeIdentityResponse
+	(*GetRevocationsRequest)(nil),       // 3: portcullis.kms.v1.GetRevocationsRequest
+	(*GetRevocationsResponse)(nil),      // 4: portcullis.kms.v1.GetRevocationsResponse
+	(*Revocation)(nil),                  // 5: portcullis.kms.v1.Revocation
+	(*GetTrustBundleRequest)(nil),       // 6: portcullis.kms.v1.GetTrustBundleRequest
+	(*GetTrustBundleResponse)(nil),      // 7: portcullis.kms.v1.GetTrustBundleResponse
+	(*GetCAStatusRequest)(nil),          // 8: portcullis.kms.v1.GetCAStatusRequest
+	(*RotateCARequest)(nil),             // 9: portcullis.kms.v1.RotateCARequest
+	(*CAInfo)(nil),                      // 10: portcullis.kms.v1.CAInfo
+	(*CAStatus)(nil),                    // 11: portcullis.kms.v1.CAStatus
+	(*ForceRotateIdentityRequest)(nil),  // 12: portcullis.kms.v1.ForceRotateIdentityRequest
+	(*ForceRotateIdentityResponse)(nil), // 13: portcullis.kms.v1.ForceRotateIdentityResponse
+	(*RevokeIdentityRequest)(nil),       // 14: portcullis.kms.v1.RevokeIdentityRequest
+	(*RevokeIdentityResponse)(nil),      // 15: portcullis.kms.v1.RevokeIdentityResponse
+	(*timestamppb.Timestamp)(nil),       // 16: google.protobuf.Timestamp
 }
 var file_portcullis_kms_v1_kms_proto_depIdxs = []int32{
-	0,  // 0: portcullis.kms.v1.RotateCARequest.step:type_name -> portcullis.kms.v1.RotationStep
-	7,  // 1: portcullis.kms.v1.CAStatus.active:type_name -> portcullis.kms.v1.CAInfo
-	7,  // 2: portcullis.kms.v1.CAStatus.next:type_name -> portcullis.kms.v1.CAInfo
-	7,  // 3: portcullis.kms.v1.CAStatus.previous:type_name -> portcullis.kms.v1.CAInfo
-	0,  // 4: portcullis.kms.v1.CAStatus.next_step:type_name -> portcullis.kms.v1.RotationStep
-	1,  // 5: portcullis.kms.v1.KeyManagementService.SignCertificate:input_type -> portcullis.kms.v1.SignCertificateRequest
-	3,  // 6: portcullis.kms.v1.KeyManagementService.GetTrustBundle:input_type -> portcullis.kms.v1.GetTrustBundleRequest
-	5,  // 7: portcullis.kms.v1.KMSAdminService.GetCAStatus:input_type -> portcullis.kms.v1.GetCAStatusRequest
-	6,  // 8: portcullis.kms.v1.KMSAdminService.RotateCA:input_type -> portcullis.kms.v1.RotateCARequest
-	9,  // 9: portcullis.kms.v1.KMSAdminService.ForceRotateIdentity:input_type -> portcullis.kms.v1.ForceRotateIdentityRequest
-	11, // 10: portcullis.kms.v1.KMSAdminService.RevokeIdentity:input_type -> portcullis.kms.v1.RevokeIdentityRequest
-	2,  // 11: portcullis.kms.v1.KeyManagementService.SignCertificate:output_type -> portcullis.kms.v1.SignCertificateResponse
-	4,  // 12: portcullis.kms.v1.KeyManagementService.GetTrustBundle:output_type -> portcullis.kms.v1.GetTrustBundleResponse
-	8,  // 13: portcullis.kms.v1.KMSAdminService.GetCAStatus:output_type -> portcullis.kms.v1.CAStatus
-	8,  // 14: portcullis.kms.v1.KMSAdminService.RotateCA:output_type -> portcullis.kms.v1.CAStatus
-	10, // 15: portcullis.kms.v1.KMSAdminService.ForceRotateIdentity:output_type -> portcullis.kms.v1.ForceRotateIdentityResponse
-	12, // 16: portcullis.kms.v1.KMSAdminService.RevokeIdentity:output_type -> portcullis.kms.v1.RevokeIdentityResponse
-	11, // [11:17] is the sub-list for method output_type
-	5,  // [5:11] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	5,  // 0: portcullis.kms.v1.GetRevocationsResponse.revocations:type_name -> portcullis.kms.v1.Revocation
+	16, // 1: portcullis.kms.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	16, // 2: portcullis.kms.v1.Revocation.not_before_cutoff:type_name -> google.protobuf.Timestamp
+	16, // 3: portcullis.kms.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 4: portcullis.kms.v1.RotateCARequest.step:type_name -> portcullis.kms.v1.RotationStep
+	10, // 5: portcullis.kms.v1.CAStatus.active:type_name -> portcullis.kms.v1.CAInfo
+	10, // 6: portcullis.kms.v1.CAStatus.next:type_name -> portcullis.kms.v1.CAInfo
+	10, // 7: portcullis.kms.v1.CAStatus.previous:type_name -> portcullis.kms.v1.CAInfo
+	0,  // 8: portcullis.kms.v1.CAStatus.next_step:type_name -> portcullis.kms.v1.RotationStep
+	1,  // 9: portcullis.kms.v1.KeyManagementService.SignCertificate:input_type -> portcullis.kms.v1.SignCertificateRequest
+	6,  // 10: portcullis.kms.v1.KeyManagementService.GetTrustBundle:input_type -> portcullis.kms.v1.GetTrustBundleRequest
+	3,  // 11: portcullis.kms.v1.KeyManagementService.GetRevocations:input_type -> portcullis.kms.v1.GetRevocationsRequest
+	8,  // 12: portcullis.kms.v1.KMSAdminService.GetCAStatus:input_type -> portcullis.kms.v1.GetCAStatusRequest
+	9,  // 13: portcullis.kms.v1.KMSAdminService.RotateCA:input_type -> portcullis.kms.v1.RotateCARequest
+	12, // 14: portcullis.kms.v1.KMSAdminService.ForceRotateIdentity:input_type -> portcullis.kms.v1.ForceRotateIdentityRequest
+	14, // 15: portcullis.kms.v1.KMSAdminService.RevokeIdentity:input_type -> portcullis.kms.v1.RevokeIdentityRequest
+	2,  // 16: portcullis.kms.v1.KeyManagementService.SignCertificate:output_type -> portcullis.kms.v1.SignCertificateResponse
+	7,  // 17: portcullis.kms.v1.KeyManagementService.GetTrustBundle:output_type -> portcullis.kms.v1.GetTrustBundleResponse
+	4,  // 18: portcullis.kms.v1.KeyManagementService.GetRevocations:output_type -> portcullis.kms.v1.GetRevocationsResponse
+	11, // 19: portcullis.kms.v1.KMSAdminService.GetCAStatus:output_type -> portcullis.kms.v1.CAStatus
+	11, // 20: portcullis.kms.v1.KMSAdminService.RotateCA:output_type -> portcullis.kms.v1.CAStatus
+	13, // 21: portcullis.kms.v1.KMSAdminService.ForceRotateIdentity:output_type -> portcullis.kms.v1.ForceRotateIdentityResponse
+	15, // 22: portcullis.kms.v1.KMSAdminService.RevokeIdentity:output_type -> portcullis.kms.v1.RevokeIdentityResponse
+	16, // [16:23] is the sub-list for method output_type
+	9,  // [9:16] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_portcullis_kms_v1_kms_proto_init() }
@@ -833,7 +1033,7 @@ func file_portcullis_kms_v1_kms_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_portcullis_kms_v1_kms_proto_rawDesc), len(file_portcullis_kms_v1_kms_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	KeyManagementService_SignCertificate_FullMethodName = "/portcullis.kms.v1.KeyManagementService/SignCertificate"
 	KeyManagementService_GetTrustBundle_FullMethodName  = "/portcullis.kms.v1.KeyManagementService/GetTrustBundle"
+	KeyManagementService_GetRevocations_FullMethodName  = "/portcullis.kms.v1.KeyManagementService/GetRevocations"
 )
 
 // KeyManagementServiceClient is the client API for KeyManagementService service.
@@ -37,6 +38,10 @@ type KeyManagementServiceClient interface {
 	SignCertificate(ctx context.Context, in *SignCertificateRequest, opts ...grpc.CallOption) (*SignCertificateResponse, error)
 	// GetTrustBundle returns the roots that workload certificates chain to.
 	GetTrustBundle(ctx context.Context, in *GetTrustBundleRequest, opts ...grpc.CallOption) (*GetTrustBundleResponse, error)
+	// GetRevocations returns the revocation state, which kms-adapter keeps durably. Citadel loads
+	// it before it grants a renewal proof, refetches it on every revocation event (an event is only
+	// a hint: nothing in its payload is trusted) and polls it.
+	GetRevocations(ctx context.Context, in *GetRevocationsRequest, opts ...grpc.CallOption) (*GetRevocationsResponse, error)
 }
 
 type keyManagementServiceClient struct {
@@ -67,6 +72,16 @@ func (c *keyManagementServiceClient) GetTrustBundle(ctx context.Context, in *Get
 	return out, nil
 }
 
+func (c *keyManagementServiceClient) GetRevocations(ctx context.Context, in *GetRevocationsRequest, opts ...grpc.CallOption) (*GetRevocationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRevocationsResponse)
+	err := c.cc.Invoke(ctx, KeyManagementService_GetRevocations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyManagementServiceServer is the server API for KeyManagementService service.
 // All implementations must embed UnimplementedKeyManagementServiceServer
 // for forward compatibility.
@@ -79,6 +94,10 @@ type KeyManagementServiceServer interface {
 	SignCertificate(context.Context, *SignCertificateRequest) (*SignCertificateResponse, error)
 	// GetTrustBundle returns the roots that workload certificates chain to.
 	GetTrustBundle(context.Context, *GetTrustBundleRequest) (*GetTrustBundleResponse, error)
+	// GetRevocations returns the revocation state, which kms-adapter keeps durably. Citadel loads
+	// it before it grants a renewal proof, refetches it on every revocation event (an event is only
+	// a hint: nothing in its payload is trusted) and polls it.
+	GetRevocations(context.Context, *GetRevocationsRequest) (*GetRevocationsResponse, error)
 	mustEmbedUnimplementedKeyManagementServiceServer()
 }
 
@@ -94,6 +113,9 @@ func (UnimplementedKeyManagementServiceServer) SignCertificate(context.Context, 
 }
 func (UnimplementedKeyManagementServiceServer) GetTrustBundle(context.Context, *GetTrustBundleRequest) (*GetTrustBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetTrustBundle not implemented")
+}
+func (UnimplementedKeyManagementServiceServer) GetRevocations(context.Context, *GetRevocationsRequest) (*GetRevocationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetRevocations not implemented")
 }
 func (UnimplementedKeyManagementServiceServer) mustEmbedUnimplementedKeyManagementServiceServer() {}
 func (UnimplementedKeyManagementServiceServer) testEmbeddedByValue()                              {}
@@ -152,6 +174,24 @@ func _KeyManagementService_GetTrustBundle_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyManagementService_GetRevocations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRevocationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyManagementServiceServer).GetRevocations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyManagementService_GetRevocations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyManagementServiceServer).GetRevocations(ctx, req.(*GetRevocationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyManagementService_ServiceDesc is the grpc.ServiceDesc for KeyManagementService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -166,6 +206,10 @@ var KeyManagementService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetTrustBundle",
 			Handler:    _KeyManagementService_GetTrustBundle_Handler,
+		},
+		{
+			MethodName: "GetRevocations",
+			Handler:    _KeyManagementService_GetRevocations_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
@@ -194,8 +238,9 @@ type KMSAdminServiceClient interface {
 	RotateCA(ctx context.Context, in *RotateCARequest, opts ...grpc.CallOption) (*CAStatus, error)
 	// ForceRotateIdentity makes every agent holding the identity re-issue its certificate.
 	ForceRotateIdentity(ctx context.Context, in *ForceRotateIdentityRequest, opts ...grpc.CallOption) (*ForceRotateIdentityResponse, error)
-	// RevokeIdentity revokes every certificate of the identity issued until now: citadel stops
-	// serving them from its cache and agents replace them at once.
+	// RevokeIdentity revokes every certificate of the identity issued until now: kms-adapter records
+	// it durably before it answers, citadel stops serving them from its cache and refuses renewal
+	// proofs made with them, and agents replace them at once.
 	RevokeIdentity(ctx context.Context, in *RevokeIdentityRequest, opts ...grpc.CallOption) (*RevokeIdentityResponse, error)
 }
 
@@ -262,8 +307,9 @@ type KMSAdminServiceServer interface {
 	RotateCA(context.Context, *RotateCARequest) (*CAStatus, error)
 	// ForceRotateIdentity makes every agent holding the identity re-issue its certificate.
 	ForceRotateIdentity(context.Context, *ForceRotateIdentityRequest) (*ForceRotateIdentityResponse, error)
-	// RevokeIdentity revokes every certificate of the identity issued until now: citadel stops
-	// serving them from its cache and agents replace them at once.
+	// RevokeIdentity revokes every certificate of the identity issued until now: kms-adapter records
+	// it durably before it answers, citadel stops serving them from its cache and refuses renewal
+	// proofs made with them, and agents replace them at once.
 	RevokeIdentity(context.Context, *RevokeIdentityRequest) (*RevokeIdentityResponse, error)
 	mustEmbedUnimplementedKMSAdminServiceServer()
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -30,6 +31,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/grpcapi"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/issuer"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/metrics"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/revocations"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/rotationevents"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/trustbundle"
 )
@@ -42,6 +44,7 @@ type App struct {
 	pods    *mcpclient.Pods
 	mcpConn *grpc.ClientConn
 	bundles *trustbundle.Source
+	revoked *revocations.Source
 	held    chan struct{} // closed once a trust bundle is held
 	grpc    *grpc.Server
 	health  *health.Server
@@ -85,8 +88,11 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 			heldOnce.Do(func() { close(a.held) })
 		},
 	})
-	iss, err := issuer.New(issuer.Config{
-		TrustDomain: id.TrustDomain(), Pods: a.pods, KMS: kms, Roots: a.bundles.Roots,
+	var iss *issuer.Issuer
+	a.revoked = revocations.New(revocations.Config{KMS: kms, Refresh: cfg.BundleRefresh, Clock: clk, Logger: logger,
+		OnRevoked: func(id spiffeid.ID) { iss.Forget(id) }})
+	iss, err = issuer.New(issuer.Config{
+		TrustDomain: id.TrustDomain(), Pods: a.pods, KMS: kms, Revocations: a.revoked, Roots: a.bundles.Roots,
 		// Every renewal and retry of a pod presents the same token: check its signature once.
 		Verifier:   workloadtoken.NewCachedVerifier(verifier, clk, verifiedTokenMaxAge, cfg.CacheSize),
 		DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, CacheSize: cfg.CacheSize,
@@ -99,8 +105,8 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	a.id, a.issuer = id, iss
 	a.health = health.NewServer()
 	a.setServing(healthpb.HealthCheckResponse_NOT_SERVING)
-	srv := grpcapi.New(grpcapi.Config{Issuer: iss, Bundles: a.bundles, Logger: logger})
-	a.grpc = grpcapi.NewGRPCServer(id.ServerCredentials(), srv, a.health)
+	srv := grpcapi.New(grpcapi.Config{Issuer: iss, Bundles: a.bundles, Logger: logger, Metrics: m})
+	a.grpc = grpcapi.NewGRPCServer(grpcapi.ServerCredentials(id, m, logger), srv, a.health)
 	return a, nil
 }
 
@@ -139,6 +145,7 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	})
 	g.Go(func() error { return a.bundles.Run(ctx) })
+	g.Go(func() error { return a.revoked.Run(ctx) })
 	if a.cfg.NATS.Enabled() {
 		if err := a.followEvents(ctx, g); err != nil {
 			return err
@@ -147,6 +154,9 @@ func (a *App) Run(ctx context.Context) error {
 		a.logger.Warn("no -nats-url: rotation events are not followed; the bundle is polled every -bundle-refresh")
 	}
 	g.Go(func() error { return a.refreshKeys(ctx) })
+	if err := a.serveAttest(ctx, g); err != nil {
+		return err
+	}
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, a.grpc, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: a.ready, Logger: a.logger}.Run(ctx)
@@ -157,7 +167,7 @@ func (a *App) Run(ctx context.Context) error {
 
 // followEvents acts on kms-adapter's rotation events (see rotationevents).
 func (a *App) followEvents(ctx context.Context, g *errgroup.Group) error {
-	h := &rotationevents.Handler{Cache: a.issuer, Bundles: a.bundles, Logger: a.logger}
+	h := &rotationevents.Handler{Cache: a.issuer, Bundles: a.bundles, Revocations: a.revoked, Logger: a.logger}
 	run, err := events.Follow(events.FollowConfig{Conn: a.cfg.NATS, Identity: a.id, Name: "citadel", Logger: a.logger,
 		Registerer: a.reg, Handle: h.Handle})
 	if err != nil {
@@ -167,7 +177,10 @@ func (a *App) followEvents(ctx context.Context, g *errgroup.Group) error {
 	return nil
 }
 
-// ready: citadel can authorize only once it knows the pods, and node agents need the roots.
+// ready: citadel can authorize only once it knows the pods and the revocations, and node agents
+// need the roots. Not ready until the revocations are loaded, so that a load balancer sends no
+// renewal to a citadel that would have to refuse it; the issuer refuses proofs until then anyway,
+// since readiness does not stop a connection that was already open.
 func (a *App) ready() error {
 	var errs []error
 	select {
@@ -180,13 +193,18 @@ func (a *App) ready() error {
 	default:
 		errs = append(errs, errors.New("no trust bundle from kms-adapter yet"))
 	}
+	select {
+	case <-a.revoked.Loaded():
+	default:
+		errs = append(errs, errors.New("revocation state not yet loaded from kms-adapter"))
+	}
 	return errors.Join(errs...)
 }
 
 // reportHealth turns gRPC health to SERVING once ready, and back to NOT_SERVING on the way out so
 // that load balancers drain citadel before it stops.
 func (a *App) reportHealth(ctx context.Context) error {
-	for _, c := range []<-chan struct{}{a.pods.Synced(), a.held} {
+	for _, c := range []<-chan struct{}{a.pods.Synced(), a.held, a.revoked.Loaded()} {
 		select {
 		case <-ctx.Done():
 			a.health.Shutdown()

@@ -46,6 +46,7 @@ type Config struct {
 	NATS          events.ConnConfig
 	NodeSignRate  float64
 	NodeSignBurst int
+	Attest        Attest
 }
 
 // RegisterFlags binds the config to fs with its defaults.
@@ -60,11 +61,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.DefaultTTL, "default-ttl", DefaultTTL, "workload certificate lifetime when the request asks for none")
 	fs.DurationVar(&c.MaxTTL, "max-ttl", DefaultMaxTTL, "longest workload certificate lifetime; longer requests are clamped")
 	fs.IntVar(&c.CacheSize, "cache-size", DefaultCacheSize, "most certificates kept in the issuance cache")
-	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", DefaultBundleRefresh, "interval between trust bundle fetches from kms-adapter")
+	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", DefaultBundleRefresh, "interval between fetches of the trust bundle and the revocation state from kms-adapter (events fetch them at once)")
 	c.TLS.RegisterFlags(fs)
 	c.NATS.RegisterFlags(fs)
 	fs.Float64Var(&c.NodeSignRate, "node-sign-rate", DefaultNodeSignRate, "signatures per second one node's agent may cause (cache hits are free); 0 disables the limit")
 	fs.IntVar(&c.NodeSignBurst, "node-sign-burst", DefaultNodeSignBurst, "signatures one node may cause at once before -node-sign-rate applies")
+	c.Attest.RegisterFlags(fs)
 }
 
 // Validate reports every problem at once.
@@ -107,6 +109,7 @@ func (c *Config) Validate() error {
 	if c.NodeSignRate < 0 || (c.NodeSignRate > 0 && c.NodeSignBurst < 1) {
 		errs = append(errs, fmt.Errorf("-node-sign-rate (%g) must not be negative, and -node-sign-burst (%d) must be at least 1 with a rate", c.NodeSignRate, c.NodeSignBurst))
 	}
+	errs = append(errs, c.Attest.Validate())
 	return errors.Join(errs...)
 }
 

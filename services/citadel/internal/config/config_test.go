@@ -60,3 +60,27 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+func TestAttestFlags(t *testing.T) {
+	var a Attest
+	fs := flag.NewFlagSet("citadel", flag.ContinueOnError)
+	a.RegisterFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Validate(); err != nil {
+		t.Fatalf("attestation off by default must validate: %v", err)
+	}
+	if a.Audience != "portcullis-nodeagent" || a.TTL != 24*time.Hour {
+		t.Errorf("defaults = %q, %s", a.Audience, a.TTL)
+	}
+	if err := fs.Parse([]string{"-attest-listen", ":15013", "-attest-service-account", "portcullis", "-attest-ttl", "10s"}); err != nil {
+		t.Fatal(err)
+	}
+	err := a.Validate()
+	for _, want := range []string{"-attest-ca-cert", "-attest-service-account \"portcullis\"", "-attest-ttl 10s"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Validate = %v, want it to name %s", err, want)
+		}
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"io"
 	"log/slog"
 	"net"
 	"net/url"
@@ -37,6 +36,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/issuer"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/kmstest"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/metrics"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/revocations"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/trustbundle"
 )
 
@@ -51,12 +51,15 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 type harnessConfig struct {
 	maxTTL   time.Duration
 	unsynced bool // do not feed pods before serving
+	// revocationsUnloaded: serve before the revocation state is loaded from kms-adapter.
+	revocationsUnloaded bool
 }
 
 // harness is a citadel gRPC server on 127.0.0.1:0 with real mTLS, a test kms-adapter behind real
 // mTLS, real workload tokens and a pod view fed the way mcpclient.Watch feeds it.
 type harness struct {
 	t       testing.TB
+	logs    syncBuffer // citadel's log
 	dir     string
 	ca      *servicetls.BootstrapCA
 	clock   *clocktesting.FakeClock
@@ -66,7 +69,12 @@ type harness struct {
 	kmsSrv  *grpc.Server
 	metrics *metrics.Metrics
 	iss     *issuer.Issuer
+	revoked *revocations.Source
 	addr    string
+
+	hc        harnessConfig
+	citadelID *servicetls.Identity
+	kmsClient kmsv1.KeyManagementServiceClient
 }
 
 var cartPod = &mcpv1.Pod{
@@ -97,36 +105,59 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 		h.setPods(cartPod)
 	}
 
-	citadelID := h.identity("citadel", mustID(servicetls.ServiceID(td, servicetls.Citadel)))
+	h.hc = hc
+	h.citadelID = h.identity("citadel", mustID(servicetls.ServiceID(td, servicetls.Citadel)))
 	kmsConn, err := grpc.NewClient(kmsAddr, grpc.WithTransportCredentials(
-		citadelID.ClientCredentials(mustID(servicetls.ServiceID(td, servicetls.KMSAdapter)))))
+		h.citadelID.ClientCredentials(mustID(servicetls.ServiceID(td, servicetls.KMSAdapter)))))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = kmsConn.Close() })
-	kms := kmsv1.NewKeyManagementServiceClient(kmsConn)
+	h.kmsClient = kmsv1.NewKeyManagementServiceClient(kmsConn)
+	h.startCitadel()
+	return h
+}
 
+// startCitadel serves a new citadel (issuer, trust bundle and revocation state) on a new address,
+// as a restarted process would be: nothing of the previous one is kept but the pod view.
+func (h *harness) startCitadel() {
+	t := h.t
+	t.Helper()
 	verifier, err := workloadtoken.NewVerifier(workloadtoken.VerifierConfig{
 		Issuer: tokenIssuer, Audiences: []string{tokenAudience}, Keys: h.tokens.KeySet(), Clock: h.clock,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	logger := slog.New(slog.NewTextHandler(&h.logs, nil))
 	h.metrics = metrics.New(prometheus.NewRegistry())
-	bundles := trustbundle.New(trustbundle.Config{KMS: kms, Refresh: time.Minute, Clock: h.clock, Logger: logger})
-	iss, err := issuer.New(issuer.Config{
-		TrustDomain: td, Pods: h.pods, Verifier: verifier, KMS: kms, Roots: bundles.Roots,
-		DefaultTTL: 24 * time.Hour, MaxTTL: hc.maxTTL, CacheSize: 1000, SyncWait: testSyncWait,
+	bundles := trustbundle.New(trustbundle.Config{KMS: h.kmsClient, Refresh: time.Minute, Clock: h.clock, Logger: logger})
+	var iss *issuer.Issuer
+	h.revoked = revocations.New(revocations.Config{KMS: h.kmsClient, Refresh: time.Minute, Clock: h.clock, Logger: logger,
+		OnRevoked: func(id spiffeid.ID) { iss.Forget(id) }})
+	iss, err = issuer.New(issuer.Config{
+		TrustDomain: td, Pods: h.pods, Verifier: verifier, KMS: h.kmsClient, Revocations: h.revoked, Roots: bundles.Roots,
+		DefaultTTL: 24 * time.Hour, MaxTTL: h.hc.maxTTL, CacheSize: 1000, SyncWait: testSyncWait,
 		Clock: h.clock, Metrics: h.metrics, Logger: logger,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	h.iss = iss
-	srv := NewGRPCServer(citadelID.ServerCredentials(), New(Config{Issuer: iss, Bundles: bundles, Logger: logger}), health.NewServer())
+	if !h.hc.revocationsUnloaded {
+		h.refreshRevocations()
+	}
+	srv := NewGRPCServer(ServerCredentials(h.citadelID, h.metrics, logger),
+		New(Config{Issuer: iss, Bundles: bundles, Logger: logger, Metrics: h.metrics}), health.NewServer())
 	h.addr = serve(t, srv)
-	return h
+}
+
+// refreshRevocations fetches the revocation state now, as an event or the poll would.
+func (h *harness) refreshRevocations() {
+	h.t.Helper()
+	if err := h.revoked.Refresh(context.Background()); err != nil {
+		h.t.Fatal(err)
+	}
 }
 
 func serve(t testing.TB, srv *grpc.Server) string {

@@ -77,7 +77,8 @@ func TestRenewalWithoutTokenByProofOfCurrentKey(t *testing.T) {
 	t.Run("by a certificate issued before its identity was revoked", func(t *testing.T) {
 		h.setPods(cartPod)
 		id := spiffeid.RequireFromString(current[0].URIs[0].String())
-		h.iss.Revoke(id, current[0].NotBefore.Add(time.Second))
+		h.kms.SetRevocations(revocationState(1, revocation(id, current[0].NotBefore.Add(time.Second))))
+		h.refreshRevocations()
 		_, err := renew(h.nodeClient("node-a"), proof, csr2)
 		wantCode(t, err, codes.Unauthenticated)
 		// The agent's fallback, its workload token, still works: revocation replaces, it does

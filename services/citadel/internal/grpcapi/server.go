@@ -8,7 +8,6 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -25,6 +24,7 @@ import (
 	cav1 "github.com/portcullis-mesh/portcullis/proto/portcullis/ca/v1"
 
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/issuer"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/trustbundle"
 )
 
@@ -43,6 +43,8 @@ type Config struct {
 	Issuer  Issuer
 	Bundles Bundles
 	Logger  *slog.Logger
+	// Metrics counts refusals made before a handler runs; nil counts nothing (they are logged).
+	Metrics *metrics.Metrics
 }
 
 // Server implements citadel's gRPC services.
@@ -82,10 +84,10 @@ func Authorize(_ context.Context, id spiffeid.ID, method string) error {
 	return errors.New("method not open to any caller")
 }
 
-// NewGRPCServer builds the gRPC server with mTLS credentials, the authorization interceptors and
-// every service registered.
+// NewGRPCServer builds the gRPC server with mTLS credentials (see ServerCredentials), the
+// authorization interceptors (their refusals logged and counted) and every service registered.
 func NewGRPCServer(creds credentials.TransportCredentials, srv *Server, hs *health.Server) *grpc.Server {
-	opts := append([]grpc.ServerOption{grpc.Creds(creds)}, servicetls.Interceptors(Authorize, healthMethods...)...)
+	opts := append([]grpc.ServerOption{grpc.Creds(creds)}, servicetls.ObservedInterceptors(Authorize, srv.observeRefusal, healthMethods...)...)
 	g := grpc.NewServer(opts...)
 	authv1.RegisterIstioCertificateServiceServer(g, srv)
 	cav1.RegisterTrustBundleServiceServer(g, srv)
@@ -104,13 +106,17 @@ func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertifi
 	if err != nil {
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
-	res, err := s.cfg.Issuer.Issue(ctx, issuer.Request{
-		Caller:  caller,
-		Token:   token,
-		CSR:     req.GetCsr(),
-		TTL:     time.Duration(req.GetValidityDuration()) * time.Second,
-		Renewal: req.GetMetadata(),
-	})
+	ttl, err := issuer.ValidityFromSeconds(req.GetValidityDuration())
+	var res issuer.Result
+	if err == nil {
+		res, err = s.cfg.Issuer.Issue(ctx, issuer.Request{
+			Caller:  caller,
+			Token:   token,
+			CSR:     req.GetCsr(),
+			TTL:     ttl,
+			Renewal: req.GetMetadata(),
+		})
+	}
 	if err != nil {
 		st := toStatus(err)
 		s.cfg.Logger.Info("certificate refused", "peer", caller.String(), "code", st.Code().String(), "err", err)

@@ -8,7 +8,8 @@
 //  2. the workload token must verify (ErrUnauthenticated);
 //  3. the token's pod must exist, with the token's UID, on the caller's node, under the token's
 //     service account (ErrForbidden; ErrPodsNotSynced before the first pod list arrived);
-//  4. the CSR must parse and carry an acceptable key (ErrInvalidCSR);
+//  4. the CSR must be at most MaxCSRBytes, parse and carry an acceptable key (ErrInvalidCSR); it is
+//     parsed only once the caller is authenticated (a renewal proof is checked on its bytes);
 //  5. the identity is spiffe://<td>/ns/<ns>/sa/<sa>, whatever names the CSR asks for;
 //  6. cache, then kms-adapter (ErrKMSUnavailable, ErrSigning).
 package issuer
@@ -20,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -74,17 +74,30 @@ type KMS interface {
 	SignCertificate(ctx context.Context, in *kmsv1.SignCertificateRequest, opts ...grpc.CallOption) (*kmsv1.SignCertificateResponse, error)
 }
 
+// Revocations judges the certificate of a renewal proof against kms-adapter's revocation state;
+// *revocations.Source satisfies it. It must be safe for concurrent use.
+type Revocations interface {
+	// Loaded is closed once the state has been loaded; no proof is granted before.
+	Loaded() <-chan struct{}
+	// Revoked reports whether leaf, a certificate of id, is revoked; an error means it could not
+	// tell (kms-adapter unreachable when a refetch was needed).
+	Revoked(ctx context.Context, id spiffeid.ID, leaf *x509.Certificate) (bool, error)
+}
+
 // Config carries the issuer's dependencies and policy.
 type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	Pods        Pods
 	Verifier    TokenVerifier
 	KMS         KMS
+	Revocations Revocations
 	// Roots returns the workload trust bundle; renewal proofs must chain to it.
 	Roots      func(ctx context.Context) ([]*x509.Certificate, error)
 	DefaultTTL time.Duration // used when a request asks for no particular validity
 	MaxTTL     time.Duration // longer requests are clamped to it
 	CacheSize  int
+	// CSRCacheBytes bounds the verified CSRs remembered (see verifiedCSRSize); 0 means 64 MiB.
+	CSRCacheBytes int64
 	// SyncWait bounds how long a request waits for the first pod list (the request's own deadline
 	// bounds it too); 0 means 5s.
 	SyncWait time.Duration
@@ -107,11 +120,8 @@ type Issuer struct {
 	cfg    Config
 	limits *nodeLimits
 	cache  *certcache.Cache
-
-	revokedMu sync.RWMutex
-	revoked   map[spiffeid.ID]time.Time // identity -> its certificates issued before are revoked
-	csrs      *expirycache.Cache[[sha256.Size]byte, *x509.CertificateRequest]
-	flight    singleflight.Group
+	csrs   *expirycache.Cache[[sha256.Size]byte, *x509.CertificateRequest]
+	flight singleflight.Group
 }
 
 // New builds an issuer.
@@ -119,8 +129,9 @@ func New(cfg Config) (*Issuer, error) {
 	switch {
 	case cfg.TrustDomain.IsZero():
 		return nil, errors.New("issuer: trust domain is required")
-	case cfg.Pods == nil || cfg.Verifier == nil || cfg.KMS == nil || cfg.Roots == nil || cfg.Clock == nil || cfg.Metrics == nil || cfg.Logger == nil:
-		return nil, errors.New("issuer: pods, verifier, kms, roots, clock, metrics and logger are required")
+	case cfg.Pods == nil || cfg.Verifier == nil || cfg.KMS == nil || cfg.Revocations == nil || cfg.Roots == nil || cfg.Clock == nil ||
+		cfg.Metrics == nil || cfg.Logger == nil:
+		return nil, errors.New("issuer: pods, verifier, kms, revocations, roots, clock, metrics and logger are required")
 	case cfg.DefaultTTL <= 0 || cfg.MaxTTL < cfg.DefaultTTL:
 		return nil, fmt.Errorf("issuer: need 0 < default ttl (%s) <= max ttl (%s)", cfg.DefaultTTL, cfg.MaxTTL)
 	case cfg.CacheSize <= 0:
@@ -129,17 +140,22 @@ func New(cfg Config) (*Issuer, error) {
 	if cfg.SyncWait == 0 {
 		cfg.SyncWait = 5 * time.Second
 	}
+	if cfg.CSRCacheBytes == 0 {
+		cfg.CSRCacheBytes = defaultVerifiedCSRBytes
+	}
 	if cfg.SignTimeout == 0 {
 		cfg.SignTimeout = 30 * time.Second
 	}
 	return &Issuer{
-		cfg:     cfg,
-		limits:  newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
-		revoked: map[spiffeid.ID]time.Time{},
-		cache:   certcache.New(cfg.CacheSize, cfg.Clock),
-		csrs:    expirycache.New[[sha256.Size]byte, *x509.CertificateRequest](cfg.CacheSize),
+		cfg:    cfg,
+		limits: newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
+		cache:  certcache.New(cfg.CacheSize, cfg.Clock),
+		csrs:   expirycache.NewWithBytes[[sha256.Size]byte](cfg.CacheSize, cfg.CSRCacheBytes, verifiedCSRSize),
 	}, nil
 }
+
+// VerifiedCSRBytes is what the cache of verified CSRs holds, by the measure that bounds it.
+func (i *Issuer) VerifiedCSRBytes() int64 { return i.csrs.Bytes() }
 
 // Request is one CreateCertificate call.
 type Request struct {
@@ -175,12 +191,19 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 		err error
 	)
 	if req.Token == "" && renewalproof.Present(req.Renewal) {
-		if csr, err = i.checkCSR(req.CSR); err != nil {
+		// The proof signs the CSR's bytes, so it is checked on them before the CSR is parsed or
+		// remembered: a caller that cannot prove anything costs no more than a PEM decode.
+		der, err := decodeCSR(req.CSR)
+		if err != nil {
 			m.CSRParsingErrors.Inc()
 			return Result{}, err
 		}
-		if id, err = i.authorizeRenewal(ctx, node, req.Renewal, csr); err != nil {
+		if id, err = i.authorizeRenewal(ctx, node, req.Renewal, der); err != nil {
 			countRefusal(m, err)
+			return Result{}, err
+		}
+		if csr, err = i.checkCSR(der); err != nil {
+			m.CSRParsingErrors.Inc()
 			return Result{}, err
 		}
 	} else {
@@ -193,7 +216,11 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 			countRefusal(m, err)
 			return Result{}, err
 		}
-		if csr, err = i.checkCSR(req.CSR); err != nil {
+		der, err := decodeCSR(req.CSR)
+		if err == nil {
+			csr, err = i.checkCSR(der)
+		}
+		if err != nil {
 			m.CSRParsingErrors.Inc()
 			return Result{}, err
 		}

@@ -6,7 +6,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
@@ -74,7 +73,7 @@ func TestRefusesChainsKMSShouldNotHaveSigned(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			iss, err := New(Config{
-				TrustDomain: td, Pods: pods, Verifier: fixedVerifier{}, Clock: clk, Roots: noRoots,
+				TrustDomain: td, Pods: pods, Verifier: fixedVerifier{}, Clock: clk, Roots: noRoots, Revocations: noRevocations{},
 				KMS:        &lyingKMS{signer: kmstest.New(t, td, clk), rewrite: tc.rewrite, err: tc.err},
 				DefaultTTL: time.Hour, MaxTTL: time.Hour, CacheSize: 10,
 				Metrics: metrics.New(prometheus.NewRegistry()), Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
@@ -82,7 +81,7 @@ func TestRefusesChainsKMSShouldNotHaveSigned(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			csr, err := parseCSR(string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: newCSRDER(t)})))
+			csr, err := parseCSR(newCSRDER(t))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -114,4 +113,17 @@ func newCSRDER(t *testing.T) []byte {
 // noRoots serves issuers whose tests make no renewals.
 func noRoots(context.Context) ([]*x509.Certificate, error) {
 	return nil, errors.New("no trust bundle in this test")
+}
+
+// noRevocations is a loaded, empty revocation state: these tests make no renewal.
+type noRevocations struct{}
+
+func (noRevocations) Loaded() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+func (noRevocations) Revoked(context.Context, spiffeid.ID, *x509.Certificate) (bool, error) {
+	return false, nil
 }

@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"net"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"k8s.io/utils/clock"
 
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
@@ -41,6 +43,11 @@ type Server struct {
 	// must then be set too) receives one value per call that reached the gate.
 	Gate    chan struct{}
 	Started chan struct{}
+	// RevocationFetches counts GetRevocations calls.
+	RevocationFetches atomic.Int64
+
+	mu          sync.Mutex
+	revocations *kmsv1.GetRevocationsResponse
 }
 
 // New makes a server with a fresh root valid for ten years.
@@ -64,7 +71,7 @@ func New(t testing.TB, td spiffeid.TrustDomain, clk clock.PassiveClock) *Server 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{TrustDomain: td, Clock: clk, Root: root, key: key}
+	return &Server{TrustDomain: td, Clock: clk, Root: root, key: key, revocations: &kmsv1.GetRevocationsResponse{}}
 }
 
 // Serve serves s on 127.0.0.1:0 with id's mTLS credentials, admitting only citadel, until the test
@@ -120,4 +127,23 @@ func (s *Server) SignCertificate(ctx context.Context, req *kmsv1.SignCertificate
 // GetTrustBundle returns Root.
 func (s *Server) GetTrustBundle(context.Context, *kmsv1.GetTrustBundleRequest) (*kmsv1.GetTrustBundleResponse, error) {
 	return &kmsv1.GetTrustBundleResponse{TrustDomain: s.TrustDomain.Name(), RootCertificates: [][]byte{s.Root.Raw}}, nil
+}
+
+// SetRevocations sets the state GetRevocations serves; nil makes it answer UNAVAILABLE (the state
+// cannot be read). A new server serves an empty state.
+func (s *Server) SetRevocations(r *kmsv1.GetRevocationsResponse) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.revocations = r
+}
+
+// GetRevocations serves the state set by SetRevocations.
+func (s *Server) GetRevocations(context.Context, *kmsv1.GetRevocationsRequest) (*kmsv1.GetRevocationsResponse, error) {
+	s.RevocationFetches.Add(1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.revocations == nil {
+		return nil, status.Error(codes.Unavailable, "revocation state withheld by the test")
+	}
+	return proto.Clone(s.revocations).(*kmsv1.GetRevocationsResponse), nil
 }

@@ -19,6 +19,14 @@ const (
 	CacheMisses            = "portcullis_citadel_cache_misses_total"
 	KMSSignDuration        = "portcullis_citadel_kms_sign_duration_seconds"
 	AuthorizationFailures  = "portcullis_citadel_authorization_failure_count"
+	RefusedBeforeHandler   = "portcullis_citadel_refused_before_handler_total"
+)
+
+// Reasons of RefusedBeforeHandler.
+const (
+	ReasonBadClientCertificate = "bad_client_certificate" // refused in the TLS handshake
+	ReasonNoClientCertificate  = "no_client_certificate"
+	ReasonCallerNotAllowed     = "caller_not_allowed" // a verified identity that may not call the method
 )
 
 // Metrics are citadel's instruments. All fields are safe for concurrent use.
@@ -33,6 +41,7 @@ type Metrics struct {
 	CacheHits              prometheus.Counter
 	CacheMisses            prometheus.Counter
 	KMSSignDuration        prometheus.Histogram
+	RefusedBeforeHandler   *prometheus.CounterVec
 }
 
 // New registers citadel's metrics on reg.
@@ -59,7 +68,11 @@ func New(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
 		}),
 	}
-	reg.MustRegister(m.RootCertExpiry, m.KMSSignDuration)
+	m.RefusedBeforeHandler = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: RefusedBeforeHandler,
+		Help: "Connections and calls refused before any handler ran, by reason: a client certificate the TLS handshake refused, none, or an identity that may not call the method.",
+	}, []string{"reason"})
+	reg.MustRegister(m.RootCertExpiry, m.KMSSignDuration, m.RefusedBeforeHandler)
 	return m
 }
 

@@ -1,5 +1,6 @@
 // Package rotationevents is how citadel acts on kms-adapter's rotation events: it drops cached
-// certificates that must not be handed out again and refetches the trust bundle. Events are hints:
+// certificates that must not be handed out again and refetches the trust bundle or the
+// revocation state. Events are hints:
 // nothing in one is served; the worst a forged event can do is cost a refetch or a re-signing.
 package rotationevents
 
@@ -21,7 +22,11 @@ import (
 type Cache interface {
 	Forget(id spiffeid.ID) int
 	ForgetAll() int
-	Revoke(id spiffeid.ID, before time.Time) int
+}
+
+// Revocations is kms-adapter's revocation state (*revocations.Source).
+type Revocations interface {
+	Refresh(ctx context.Context) error
 }
 
 // Bundles is the trust bundle source.
@@ -31,9 +36,10 @@ type Bundles interface {
 
 // Handler acts on events. Handle never blocks on the network.
 type Handler struct {
-	Cache   Cache
-	Bundles Bundles
-	Logger  *slog.Logger
+	Cache       Cache
+	Bundles     Bundles
+	Revocations Revocations
+	Logger      *slog.Logger
 	// RetryDelay is the first pause before refetching a bundle older than the event announced
 	// (kms-adapter may answer before the change is visible to every reader); 0 means 200ms.
 	RetryDelay time.Duration
@@ -53,14 +59,16 @@ func (h *Handler) Handle(ctx context.Context, e *eventsv1.Event) {
 	case *eventsv1.Event_IdentityRotation:
 		h.forget(k.IdentityRotation.GetSpiffeId(), "identity force-rotated")
 	case *eventsv1.Event_IdentityRevocation:
-		id, err := spiffeid.FromString(k.IdentityRevocation.GetSpiffeId())
-		if err != nil || k.IdentityRevocation.GetRevokedBefore() == nil {
-			h.Logger.Warn("ignoring a revocation without a valid spiffe id and time", "spiffe_id", k.IdentityRevocation.GetSpiffeId())
-			return
-		}
-		n := h.Cache.Revoke(id, k.IdentityRevocation.GetRevokedBefore().AsTime())
-		h.Logger.Info("identity revoked: dropped its cached certificates; renewal proofs by older certificates refused",
-			"spiffe_id", id.String(), "dropped", n)
+		// Nothing in the payload is used (a forged revoked_before must change nothing): the event
+		// only makes citadel fetch the state from kms-adapter over mTLS, which drops the cached
+		// certificates of every newly revoked identity.
+		go h.refreshRevocations(ctx)
+	}
+}
+
+func (h *Handler) refreshRevocations(ctx context.Context) {
+	if err := h.Revocations.Refresh(ctx); err != nil && ctx.Err() == nil {
+		h.Logger.Warn("fetching the revocation state after a revocation event failed; the periodic refresh continues", "err", err)
 	}
 }
 

@@ -28,6 +28,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/local"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/vault"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/logkey"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/revocation"
 )
 
 // readyTimeout bounds a readiness probe's look at the backend.
@@ -92,6 +93,13 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 		ann.start(discard{})
 		logger.Warn("rotation events are disabled (no -nats-url, -nats-embedded=false): agents learn of CA changes only by polling")
 	}
+	// The revocations live beside the local CA's state, and in the same directory with Vault:
+	// kms-adapter is their authority whatever signs (see docs/rotation.md).
+	revocations, err := revocation.Open(revocation.Config{Dir: cfg.StateDir, MaxLifetime: cfg.MaxTTL + local.ClockSkew, Clock: clk})
+	if err != nil {
+		return nil, err
+	}
+	backend = revocation.Wrap(backend, revocations)
 	instrumented, err := kmsmetrics.Wrap(ctx, kmsmetrics.Config{Backend: backend, Registerer: registry, Clock: clk})
 	if err != nil {
 		return nil, err
@@ -107,7 +115,7 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 		expiry:   tracker,
 		announce: ann,
 		api: grpcapi.New(grpcapi.Config{Backend: instrumented, Logger: logger, Rotator: rotator,
-			Announce: apiAnnounce, Clock: clk}),
+			Announce: apiAnnounce, Revocations: revocations}),
 	}, nil
 }
 

@@ -18,7 +18,7 @@ type Config struct {
 	Listen      string // KMS gRPC API (mTLS, citadel only)
 	AdminListen string // /metrics, /healthz, /readyz
 	Backend     string // kms backend name, see kms.Registry
-	StateDir    string // local backend: CA keys and certificates
+	StateDir    string // revocations (every backend); local backend: CA keys and certificates
 	DefaultTTL  time.Duration
 	MaxTTL      time.Duration
 	RootTTL     time.Duration
@@ -41,7 +41,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Listen, "listen", "127.0.0.1:15030", "address of the KMS gRPC API (port 0 picks a free port)")
 	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15031", "address of /metrics, /healthz and /readyz")
 	fs.StringVar(&c.Backend, "backend", kms.BackendLocal, "certificate authority backend: local or vault")
-	fs.StringVar(&c.StateDir, "state-dir", "./var/lib/portcullis/kms", "local backend: directory of the CA keys and certificates (kept 0700)")
+	fs.StringVar(&c.StateDir, "state-dir", "./var/lib/portcullis/kms", "directory of the revocation state (every backend) and, for the local backend, the CA keys and certificates (kept 0700); give it a persistent volume")
 	fs.DurationVar(&c.DefaultTTL, "default-ttl", 24*time.Hour, "workload certificate lifetime when the request asks for none")
 	fs.DurationVar(&c.MaxTTL, "max-ttl", 2160*time.Hour, "longest workload certificate lifetime; longer requests are clamped")
 	fs.DurationVar(&c.RootTTL, "root-ttl", 8760*time.Hour, "local backend: validity of a newly created root CA and its intermediate; the next CA is prepared at half of it and takes over at five sixths")
@@ -66,8 +66,8 @@ func (c *Config) Validate() error {
 	if c.Backend == "" {
 		errs = append(errs, errors.New("-backend is required"))
 	}
-	if c.Backend == kms.BackendLocal && c.StateDir == "" {
-		errs = append(errs, errors.New("-state-dir is required by the local backend"))
+	if c.StateDir == "" {
+		errs = append(errs, errors.New("-state-dir is required: it keeps the revocations (and the local backend's CA)"))
 	}
 	if c.DefaultTTL <= 0 || c.MaxTTL <= 0 {
 		errs = append(errs, fmt.Errorf("-default-ttl (%s) and -max-ttl (%s) must be positive", c.DefaultTTL, c.MaxTTL))

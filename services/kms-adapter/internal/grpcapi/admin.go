@@ -89,12 +89,19 @@ func (a *adminServer) RevokeIdentity(ctx context.Context, req *kmsv1.RevokeIdent
 	if err != nil {
 		return nil, err
 	}
-	now := a.cfg.Clock.Now()
+	// Durable before it is announced or acknowledged: citadel refetches this state on the event,
+	// and after any restart of either service.
+	rev, err := a.cfg.Revocations.Revoke(id)
+	if err != nil {
+		return nil, a.status(ctx, "recording the revocation of "+id.String(), err)
+	}
+	// The event is a hint that makes agents replace the certificates and citadel refetch the
+	// state; no one acts on its revoked_before.
 	seq := a.cfg.Announce.Publish(&eventsv1.Event{Kind: &eventsv1.Event_IdentityRevocation{IdentityRevocation: &eventsv1.IdentityRevocation{
-		SpiffeId: id.String(), RevokedBefore: timestamppb.New(now), Reason: req.GetReason(),
+		SpiffeId: id.String(), RevokedBefore: timestamppb.New(rev.RevokedAt), Reason: req.GetReason(),
 	}}})
 	a.log(ctx, "identity revoked", id, req.GetReason(), seq)
-	return &kmsv1.RevokeIdentityResponse{EventSequence: seq, RevokedBeforeUnix: now.Unix()}, nil
+	return &kmsv1.RevokeIdentityResponse{EventSequence: seq, RevokedBeforeUnix: rev.RevokedAt.Unix()}, nil
 }
 
 // identity checks the ID is a workload of this trust domain and that events can be announced.

@@ -18,12 +18,13 @@ import (
 	"google.golang.org/grpc/health"
 	healthgrpc "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
-	"k8s.io/utils/clock"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/logkey"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/revocation"
 )
 
 // openMethods need no client certificate: probes and load balancers check health without one.
@@ -41,23 +42,29 @@ type Config struct {
 	Rotator kms.Rotator
 	// Announce publishes events; nil when events are disabled.
 	Announce Announcer
-	Clock    clock.PassiveClock // nil means the real clock
+	// Revocations is the durable revocation state; required.
+	Revocations Revocations
+}
+
+// Revocations is the durable revocation state (*revocation.Store).
+type Revocations interface {
+	// Revoke records, durably, that every certificate of id issued until now is revoked.
+	Revoke(id spiffeid.ID) (revocation.Entry, error)
+	Snapshot() revocation.State
 }
 
 // Server implements kmsv1.KeyManagementServiceServer.
 type Server struct {
 	kmsv1.UnimplementedKeyManagementServiceServer
-	backend kms.Backend
-	logger  *slog.Logger
-	admin   *adminServer
+	backend     kms.Backend
+	revocations Revocations
+	logger      *slog.Logger
+	admin       *adminServer
 }
 
 // New builds the KMS API over cfg.Backend.
 func New(cfg Config) *Server {
-	if cfg.Clock == nil {
-		cfg.Clock = clock.RealClock{}
-	}
-	s := &Server{backend: cfg.Backend, logger: cfg.Logger}
+	s := &Server{backend: cfg.Backend, revocations: cfg.Revocations, logger: cfg.Logger}
 	s.admin = &adminServer{cfg: cfg, status: s.status}
 	return s
 }
@@ -127,6 +134,21 @@ func (s *Server) GetTrustBundle(ctx context.Context, _ *kmsv1.GetTrustBundleRequ
 		resp.RootCertificates[i] = root.Raw
 	}
 	resp.Version = bundle.Version
+	return resp, nil
+}
+
+// GetRevocations implements kmsv1.KeyManagementServiceServer.
+func (s *Server) GetRevocations(context.Context, *kmsv1.GetRevocationsRequest) (*kmsv1.GetRevocationsResponse, error) {
+	st := s.revocations.Snapshot()
+	resp := &kmsv1.GetRevocationsResponse{Version: st.Version, Revocations: make([]*kmsv1.Revocation, len(st.Entries))}
+	for i, e := range st.Entries {
+		r := &kmsv1.Revocation{SpiffeId: e.ID.String(), RevokedAt: timestamppb.New(e.RevokedAt),
+			NotBeforeCutoff: timestamppb.New(e.Cutoff), ExpiresAt: timestamppb.New(e.ExpiresAt)}
+		for _, serial := range e.Reissued {
+			r.ReissuedSerials = append(r.ReissuedSerials, serial.Bytes())
+		}
+		resp.Revocations[i] = r
+	}
 	return resp, nil
 }
 

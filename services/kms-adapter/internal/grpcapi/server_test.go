@@ -31,6 +31,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/kmstest"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/local"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/revocation"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -47,6 +48,7 @@ type env struct {
 	serverID spiffeid.ID
 	citadel  servicetls.Files
 	agent    servicetls.Files
+	revoked  *revocation.Store
 }
 
 func start(t *testing.T, backend kms.Backend) env {
@@ -77,8 +79,13 @@ func start(t *testing.T, backend kms.Backend) env {
 	if err != nil {
 		t.Fatal(err)
 	}
+	revoked, err := revocation.Open(revocation.Config{Dir: dir, MaxLifetime: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
 	hs := health.NewServer()
-	srv := grpcapi.New(grpcapi.Config{Backend: backend, Logger: slog.New(slog.DiscardHandler)}).GRPCServer(identity.ServerCredentials(), hs)
+	srv := grpcapi.New(grpcapi.Config{Backend: backend, Revocations: revoked, Logger: slog.New(slog.DiscardHandler)}).
+		GRPCServer(identity.ServerCredentials(), hs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +99,7 @@ func start(t *testing.T, backend kms.Backend) env {
 		}
 	})
 	return env{addr: lis.Addr().String(), serverID: ids[servicetls.KMSAdapter],
-		citadel: issue(servicetls.Citadel), agent: issue(servicetls.NodeAgent)}
+		citadel: issue(servicetls.Citadel), agent: issue(servicetls.NodeAgent), revoked: revoked}
 }
 
 func (e env) dial(t *testing.T, creds credentials.TransportCredentials) *grpc.ClientConn {
@@ -187,6 +194,8 @@ func TestOnlyCitadelMayCall(t *testing.T) {
 	wantCode(t, "node agent: SignCertificate", err, codes.PermissionDenied)
 	_, err = agent.GetTrustBundle(ctx, &kmsv1.GetTrustBundleRequest{})
 	wantCode(t, "node agent: GetTrustBundle", err, codes.PermissionDenied)
+	_, err = agent.GetRevocations(ctx, &kmsv1.GetRevocationsRequest{})
+	wantCode(t, "node agent: GetRevocations", err, codes.PermissionDenied)
 
 	anon := e.anonymous(t)
 	_, err = kmsv1.NewKeyManagementServiceClient(anon).SignCertificate(ctx, req)
@@ -198,6 +207,27 @@ func TestOnlyCitadelMayCall(t *testing.T) {
 		if err != nil || hc.GetStatus() != healthgrpc.HealthCheckResponse_SERVING {
 			t.Errorf("health of %q without a certificate: %v, %v", service, hc.GetStatus(), err)
 		}
+	}
+}
+
+// Citadel reads the revocation state, with the serials recorded at signing.
+func TestCitadelReadsTheRevocationState(t *testing.T) {
+	e := start(t, nil)
+	rev, err := e.revoked.Revoke(workload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := e.client(t, e.citadel).GetRevocations(t.Context(), &kmsv1.GetRevocationsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetVersion() == 0 || len(resp.GetRevocations()) != 1 {
+		t.Fatalf("state %v, want one revocation at a non-zero version", resp)
+	}
+	r := resp.GetRevocations()[0]
+	if r.GetSpiffeId() != workload.String() || !r.GetRevokedAt().AsTime().Equal(rev.RevokedAt) ||
+		!r.GetNotBeforeCutoff().AsTime().Equal(rev.Cutoff) || !r.GetExpiresAt().AsTime().Equal(rev.ExpiresAt) {
+		t.Errorf("served %v, want %+v", r, rev)
 	}
 }
 

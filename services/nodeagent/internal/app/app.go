@@ -32,6 +32,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/rotationevents"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sdslimits"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
 
@@ -55,12 +56,9 @@ type App struct {
 
 // New loads the agent's credentials and checks them; nothing is started.
 func New(cfg config.Config, logger *slog.Logger) (*App, error) {
-	id, err := servicetls.Load(cfg.TLS)
+	id, err := loadIdentity(cfg) // nil with -attest-addr: Run obtains it
 	if err != nil {
 		return nil, err
-	}
-	if node, ok := servicetls.NodeOf(id.ID()); !ok || node != cfg.NodeName {
-		return nil, fmt.Errorf("certificate %s is not the node agent certificate of node %q", id.ID(), cfg.NodeName)
 	}
 	verifier, refreshKeys, err := cfg.TokenKeys.NewVerifier(cfg.TokenIssuer, cfg.Audiences(), nil, logger)
 	if err != nil {
@@ -71,8 +69,25 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	return &App{cfg: cfg, logger: logger, reg: reg, id: id, verifier: verifier, refreshKeys: refreshKeys}, nil
 }
 
-// Run serves until ctx ends or a part fails.
+// Run serves until ctx ends or a part fails. The admin endpoint comes first, so that an agent that
+// is still attesting answers probes (not ready) instead of refusing them.
 func (a *App) Run(ctx context.Context) error {
+	g, ctx := errgroup.WithContext(ctx)
+	var ready readiness
+	g.Go(func() error {
+		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: ready.check, Logger: a.logger}.Run(ctx)
+	})
+	g.Go(func() error {
+		if err := a.obtainIdentity(ctx, g); err != nil {
+			return err
+		}
+		return a.serve(ctx, g, &ready)
+	})
+	return g.Wait()
+}
+
+// serve starts the agent's parts in g and returns when ctx ends.
+func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readiness) error {
 	td := a.id.TrustDomain()
 	citadelID, err := servicetls.ServiceID(td, servicetls.Citadel)
 	if err != nil {
@@ -101,19 +116,27 @@ func (a *App) Run(ctx context.Context) error {
 		Signer: citadel, Bundles: citadel, Clock: clock.RealClock{}, Logger: a.logger, Observe: m, Rotations: m,
 		TTL: a.cfg.CertTTL, KeyType: keyType, Jitter: a.cfg.RenewJitter, Refresh: a.cfg.BundleRefresh,
 	})
+	limits, err := sdslimits.New(sdslimits.Config{
+		FirstRequestTimeout: a.cfg.SDS.FirstRequestTimeout, MaxUnauthenticated: a.cfg.SDS.MaxUnauthenticated,
+		MaxStreamsPerConn: a.cfg.SDS.MaxStreamsPerConn, MaxStreamsPerCaller: a.cfg.SDS.MaxStreamsPerPod,
+		Observer: m, Logger: a.logger,
+	})
+	if err != nil {
+		return err
+	}
 	sdsServer := sds.New(sds.Config{
 		Auth: &identity.Authenticator{
 			// Each SDS stream of a pod presents the same token: check its signature once.
 			Verifier: workloadtoken.NewCachedVerifier(a.verifier, nil, verifiedTokenMaxAge, verifiedTokenCacheSize),
 			Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td,
 		},
-		Secrets: manager, Logger: a.logger, Observe: m,
+		Secrets: manager, Logger: a.logger, Observe: m, Callers: limits,
 	})
 	lis, err := a.listenSocket()
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(limits.ServerOptions()...)
 	secretv3.RegisterSecretDiscoveryServiceServer(srv, sdsServer)
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
@@ -129,7 +152,7 @@ func (a *App) Run(ctx context.Context) error {
 		}
 		return nil
 	}
-	g, ctx := errgroup.WithContext(ctx)
+	readyCheck.set(ready)
 	g.Go(func() error {
 		return mcpclient.Watch(ctx, mcpclient.Config{
 			Conn: mcpConn, NodeID: a.cfg.NodeName, TypeURL: mcpclient.PodTypeURL, Apply: pods, Logger: a.logger,
@@ -145,11 +168,9 @@ func (a *App) Run(ctx context.Context) error {
 	}
 	g.Go(func() error { return a.refreshKeys(ctx) })
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, srv, lis) })
-	g.Go(func() error {
-		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: ready, Logger: a.logger}.Run(ctx)
-	})
 	a.logger.Info("node agent started", "node", a.cfg.NodeName, "spiffe_id", a.id.ID().String(), "socket", a.cfg.Socket)
-	return g.Wait()
+	<-ctx.Done() // the connections closed by the defers above live as long as the agent
+	return nil
 }
 
 // followEvents acts on kms-adapter's rotation events (see rotationevents).

@@ -19,11 +19,26 @@ import (
 // DefaultSocket is Istio's workload SDS socket path.
 const DefaultSocket = "./var/run/secrets/workload-spiffe-uds/socket"
 
+// Defaults of the SDS socket's limits (see package sdslimits). They fit the benchmarked load of
+// docs/benchmarks.md with room: 10,000 streams on one agent as 100 pods x 100 streams over 100
+// connections of 100 streams, opened 200 at a time, and 1,000 new pods each on a connection of
+// its own asking at once (at most 1,000 streams waiting for their first request).
+const (
+	// Envoy and MOSN send their first request as soon as a stream opens.
+	DefaultSDSFirstRequestTimeout = 10 * time.Second
+	// An idle stream costs ~15 KiB, so 4,096 of them cost ~60 MiB at most, for 10s each.
+	DefaultSDSMaxUnauthenticated = 4096
+	DefaultSDSMaxStreamsPerConn  = 1000
+	// A sidecar opens a few streams; 1,000 bounds one pod to ~15 MiB of the agent.
+	DefaultSDSMaxStreamsPerCaller = 1000
+)
+
 // Config is everything the agent needs to start.
 type Config struct {
 	NodeName      string
 	Socket        string
 	SocketMode    string
+	SDS           SDSLimits
 	CitadelAddr   string
 	MCPAddr       string
 	AdminListen   string
@@ -38,6 +53,15 @@ type Config struct {
 	NATS          events.ConnConfig
 	BundleJitter  time.Duration
 	RotateJitter  time.Duration
+	Attest        Attest
+}
+
+// SDSLimits bound the streams on the SDS socket (see package sdslimits).
+type SDSLimits struct {
+	FirstRequestTimeout time.Duration
+	MaxUnauthenticated  int
+	MaxStreamsPerConn   int
+	MaxStreamsPerPod    int
 }
 
 // RegisterFlags binds the config to fs.
@@ -56,9 +80,14 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Float64Var(&c.RenewJitter, "renew-jitter", secrets.DefaultJitter, "renewal jitter as a fraction of lifetime, around the half-life")
 	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", 30*time.Second, "trust bundle poll interval")
 	c.TLS.RegisterFlags(fs)
+	c.Attest.RegisterFlags(fs)
 	c.NATS.RegisterFlags(fs)
 	fs.DurationVar(&c.BundleJitter, "bundle-jitter", 250*time.Millisecond, "spread of trust bundle refetches after a bundle event, so a fleet does not reach citadel at once")
 	fs.DurationVar(&c.RotateJitter, "rotate-jitter", 2*time.Minute, "spread of re-issues after a CA activation or a forced rotation (revocations are acted on at once)")
+	fs.DurationVar(&c.SDS.FirstRequestTimeout, "sds-first-request-timeout", DefaultSDSFirstRequestTimeout, "an SDS stream that sends no request this long after opening is ended")
+	fs.IntVar(&c.SDS.MaxUnauthenticated, "sds-max-unauthenticated-streams", DefaultSDSMaxUnauthenticated, "most SDS streams, agent-wide, that have not sent their first request; more are refused")
+	fs.IntVar(&c.SDS.MaxStreamsPerConn, "sds-max-streams-per-conn", DefaultSDSMaxStreamsPerConn, "most concurrent streams on one connection to the SDS socket")
+	fs.IntVar(&c.SDS.MaxStreamsPerPod, "sds-max-streams-per-pod", DefaultSDSMaxStreamsPerCaller, "most open SDS streams of one authenticated pod")
 }
 
 // Validate reports every problem at once.
@@ -93,9 +122,13 @@ func (c *Config) Validate() error {
 	if c.BundleRefresh < time.Second {
 		errs = append(errs, errors.New("-bundle-refresh must be at least 1s"))
 	}
-	errs = append(errs, c.TLS.Validate(), c.NATS.Validate())
+	errs = append(errs, c.validateTLS(), c.NATS.Validate())
 	if c.BundleJitter < 0 || c.RotateJitter < 0 {
 		errs = append(errs, fmt.Errorf("-bundle-jitter (%s) and -rotate-jitter (%s) must not be negative", c.BundleJitter, c.RotateJitter))
+	}
+	if c.SDS.FirstRequestTimeout <= 0 || c.SDS.MaxUnauthenticated <= 0 || c.SDS.MaxStreamsPerConn <= 0 || c.SDS.MaxStreamsPerPod <= 0 {
+		errs = append(errs, fmt.Errorf("-sds-first-request-timeout (%s), -sds-max-unauthenticated-streams (%d), -sds-max-streams-per-conn (%d) and -sds-max-streams-per-pod (%d) must be positive",
+			c.SDS.FirstRequestTimeout, c.SDS.MaxUnauthenticated, c.SDS.MaxStreamsPerConn, c.SDS.MaxStreamsPerPod))
 	}
 	return errors.Join(errs...)
 }

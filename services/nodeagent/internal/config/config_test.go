@@ -68,6 +68,10 @@ func TestValidateRejects(t *testing.T) {
 		{"jitter too wide", func(c *Config) { c.RenewJitter = 0.3 }, "-renew-jitter"},
 		{"no jitter", func(c *Config) { c.RenewJitter = 0 }, "-renew-jitter"},
 		{"no mTLS", func(c *Config) { c.TLS.CAFile = "" }, "-tls-ca"},
+		{"no first-request deadline", func(c *Config) { c.SDS.FirstRequestTimeout = 0 }, "-sds-first-request-timeout"},
+		{"no unauthenticated streams", func(c *Config) { c.SDS.MaxUnauthenticated = 0 }, "-sds-max-unauthenticated-streams"},
+		{"no streams per connection", func(c *Config) { c.SDS.MaxStreamsPerConn = -1 }, "-sds-max-streams-per-conn"},
+		{"no streams per pod", func(c *Config) { c.SDS.MaxStreamsPerPod = 0 }, "-sds-max-streams-per-pod"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := valid(t)
@@ -124,5 +128,24 @@ func TestModeAndAudiences(t *testing.T) {
 	c.TokenAudience = " istio-ca ,, portcullis "
 	if got := c.Audiences(); len(got) != 2 || got[0] != "istio-ca" || got[1] != "portcullis" {
 		t.Fatalf("Audiences() = %q", got)
+	}
+}
+
+func TestAttestation(t *testing.T) {
+	c := valid(t)
+	c.Attest.Addr = "citadel:15013"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "-tls-cert and -tls-key exclude -attest-addr") {
+		t.Fatalf("Validate with both files and -attest-addr: %v", err)
+	}
+	c.TLS.CertFile, c.TLS.KeyFile = "", ""
+	if err := c.Validate(); err != nil {
+		t.Fatalf("attested agent with only -tls-ca refused: %v", err)
+	}
+	if c.Attest.TokenFile != "/var/run/secrets/portcullis/attest/token" {
+		t.Errorf("-attest-token-file default = %q", c.Attest.TokenFile)
+	}
+	c.TLS.CAFile = ""
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "-tls-ca is required") {
+		t.Fatalf("Validate without -tls-ca: %v", err)
 	}
 }

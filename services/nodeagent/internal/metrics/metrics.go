@@ -17,6 +17,8 @@ const (
 	sdsPushes         = "portcullis_nodeagent_sds_pushes_total"
 	sdsNacks          = "portcullis_nodeagent_sds_nacks_total"
 	sdsRefused        = "portcullis_nodeagent_sds_refused_total"
+	sdsLimitRefused   = "portcullis_nodeagent_sds_limit_refusals_total"
+	sdsUnauth         = "portcullis_nodeagent_sds_unauthenticated_streams"
 	certIssued        = "portcullis_nodeagent_cert_issuance_total"
 	certIssueFailed   = "portcullis_nodeagent_cert_issuance_failures_total"
 	certIssueSeconds  = "portcullis_nodeagent_cert_issuance_duration_seconds"
@@ -33,6 +35,8 @@ type Metrics struct {
 	pushes        *prometheus.CounterVec
 	nacks         prometheus.Counter
 	refused       *prometheus.CounterVec
+	limitRefused  *prometheus.CounterVec
+	unauth        prometheus.Gauge
 	issued        prometheus.Counter
 	issueFailed   prometheus.Counter
 	issueDuration prometheus.Histogram
@@ -46,10 +50,13 @@ type Metrics struct {
 // New registers the metrics on reg.
 func New(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
-		streams:       prometheus.NewGauge(prometheus.GaugeOpts{Name: sdsStreams, Help: "Open SDS streams."}),
-		pushes:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: sdsPushes, Help: "Secrets pushed on SDS streams, by resource name."}, []string{"resource"}),
-		nacks:         prometheus.NewCounter(prometheus.CounterOpts{Name: sdsNacks, Help: "SDS updates a sidecar rejected."}),
-		refused:       prometheus.NewCounterVec(prometheus.CounterOpts{Name: sdsRefused, Help: "SDS calls refused, by gRPC code."}, []string{"code"}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{Name: sdsStreams, Help: "Open SDS streams."}),
+		pushes:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: sdsPushes, Help: "Secrets pushed on SDS streams, by resource name."}, []string{"resource"}),
+		nacks:   prometheus.NewCounter(prometheus.CounterOpts{Name: sdsNacks, Help: "SDS updates a sidecar rejected."}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: sdsRefused, Help: "SDS calls refused, by gRPC code."}, []string{"code"}),
+		limitRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: sdsLimitRefused,
+			Help: "SDS streams refused or ended by a limit, by reason: first_request_timeout, unauthenticated_streams, streams_per_connection, streams_per_caller."}, []string{"reason"}),
+		unauth:        prometheus.NewGauge(prometheus.GaugeOpts{Name: sdsUnauth, Help: "SDS streams open that have not sent their first request."}),
 		issued:        prometheus.NewCounter(prometheus.CounterOpts{Name: certIssued, Help: "Workload certificates issued."}),
 		issueFailed:   prometheus.NewCounter(prometheus.CounterOpts{Name: certIssueFailed, Help: "Failed certificate issuances and renewals."}),
 		issueDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: certIssueSeconds, Help: "Time to make a key and get it signed.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
@@ -62,7 +69,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 16),
 		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.streams, m.pushes, m.nacks, m.refused, m.issued, m.issueFailed, m.issueDuration, m.expiry, m.roots, m.rootsExpiry, m.version, m.applied)
+	reg.MustRegister(m.streams, m.pushes, m.nacks, m.refused, m.limitRefused, m.unauth, m.issued, m.issueFailed, m.issueDuration, m.expiry, m.roots, m.rootsExpiry, m.version, m.applied)
 	return m
 }
 
@@ -72,6 +79,8 @@ func (m *Metrics) Pushed(name string)             { m.pushes.WithLabelValues(res
 func (m *Metrics) Nacked(_ []string, _ string)    { m.nacks.Inc() }
 func (m *Metrics) Refused(code codes.Code)        { m.refused.WithLabelValues(code.String()).Inc() }
 func (m *Metrics) IssueFailed(spiffeid.ID, error) { m.issueFailed.Inc() }
+func (m *Metrics) LimitRefused(reason string)     { m.limitRefused.WithLabelValues(reason).Inc() }
+func (m *Metrics) Unauthenticated(delta int)      { m.unauth.Add(float64(delta)) }
 func (m *Metrics) Dropped(id spiffeid.ID)         { m.expiry.DeleteLabelValues(id.String()) }
 
 func (m *Metrics) Issued(id spiffeid.ID, leaf *x509.Certificate, took time.Duration) {

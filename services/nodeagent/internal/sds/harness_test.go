@@ -37,6 +37,7 @@ import (
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sdslimits"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
 
@@ -77,7 +78,8 @@ type harness struct {
 }
 
 type options struct {
-	unsynced bool // do not apply the pod view yet
+	unsynced bool              // do not apply the pod view yet
+	limits   *sdslimits.Config // serve with these limits (on the harness's clock and observer)
 }
 
 func newHarness(tb testing.TB, opt options) *harness {
@@ -99,7 +101,8 @@ func newHarness(tb testing.TB, opt options) *harness {
 		tb.Fatal(err)
 	}
 	logger := slog.New(slog.DiscardHandler)
-	h := &harness{clk: clk, ca: newTestCA(tb, clk), issuer: issuer, pods: mcpclient.NewPods(), obs: &observer{pushes: map[string]int{}}}
+	h := &harness{clk: clk, ca: newTestCA(tb, clk), issuer: issuer, pods: mcpclient.NewPods(),
+		obs: &observer{pushes: map[string]int{}, limitRefused: map[string]int{}}}
 	h.manager = secrets.New(secrets.Config{
 		Signer: h.ca, Bundles: h.ca, Clock: clk, Logger: logger, Observe: nopSecretsObserver{},
 		TTL: certTTL, KeyType: secrets.ECDSAP256, Refresh: time.Minute,
@@ -112,10 +115,19 @@ func newHarness(tb testing.TB, opt options) *harness {
 		h.syncPods(tb)
 	}
 
-	srv := grpc.NewServer()
-	secretv3.RegisterSecretDiscoveryServiceServer(srv, sds.New(sds.Config{
-		Auth: h.auth, Secrets: h.secrets, Logger: logger, Observe: h.obs,
-	}))
+	cfg := sds.Config{Auth: h.auth, Secrets: h.secrets, Logger: logger, Observe: h.obs}
+	var opts []grpc.ServerOption
+	if opt.limits != nil {
+		lc := *opt.limits
+		lc.Clock, lc.Observer, lc.Logger = clk, h.obs, logger
+		limits, err := sdslimits.New(lc)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		cfg.Callers, opts = limits, limits.ServerOptions()
+	}
+	srv := grpc.NewServer(opts...)
+	secretv3.RegisterSecretDiscoveryServiceServer(srv, sds.New(cfg))
 	h.socket = filepath.Join(tb.TempDir(), "sds.sock")
 	if len(h.socket) > 100 {
 		tb.Fatalf("socket path %s too long for a Unix socket; shorten the test name", h.socket)
@@ -290,7 +302,19 @@ type observer struct {
 	pushes  map[string]int
 	nacks   int
 	refused []codes.Code
+
+	limitRefused map[string]int // by reason
+	unauth       int            // streams waiting for their first request
 }
+
+func (o *observer) LimitRefused(reason string) { o.do(func() { o.limitRefused[reason]++ }) }
+func (o *observer) Unauthenticated(delta int)  { o.do(func() { o.unauth += delta }) }
+func (o *observer) limitRefusals(reason string) (n int) {
+	o.do(func() { n = o.limitRefused[reason] })
+	return n
+}
+func (o *observer) unauthenticated() (n int) { o.do(func() { n = o.unauth }); return n }
+func (o *observer) openStreams() (n int)     { o.do(func() { n = o.open }); return n }
 
 func (o *observer) StreamOpened()                 { o.do(func() { o.open++ }) }
 func (o *observer) StreamClosed()                 { o.do(func() { o.open-- }) }

@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strconv"
@@ -53,12 +54,20 @@ type Observer interface {
 	Refused(code codes.Code)
 }
 
+// CallerLimiter bounds the streams one authenticated pod holds open; *sdslimits.Limiter
+// satisfies it. AdmitCaller returns a gRPC status error when the caller is over its limit.
+type CallerLimiter interface {
+	AdmitCaller(caller string) (release func(), err error)
+}
+
 // Config configures a Server.
 type Config struct {
 	Auth    Authenticator
 	Secrets Secrets
 	Logger  *slog.Logger
 	Observe Observer
+	// Callers limits open streams per pod; nil means no limit.
+	Callers CallerLimiter
 }
 
 // Server implements secretv3.SecretDiscoveryServiceServer.
@@ -103,7 +112,7 @@ func (s *Server) toStatus(err error) error {
 		code = codes.PermissionDenied
 	case errors.Is(err, errUnknownName):
 		code = codes.NotFound
-	case errors.Is(err, errNoNames):
+	case errors.Is(err, errNoNames), errors.Is(err, errTooManyNames):
 		code = codes.InvalidArgument
 	case errors.Is(err, secrets.ErrRejected):
 		code = status.Code(err)
@@ -121,10 +130,22 @@ func (s *Server) toStatus(err error) error {
 	return status.Error(code, err.Error())
 }
 
-var errNoNames = errors.New("request names no resources")
+// MaxNamesPerRequest bounds the resource names of one request. An agent serves three names per
+// caller ("default", "ROOTCA" and its SPIFFE ID), so an honest request names a few; a request
+// with thousands only makes the agent check (and FetchSecrets answer) each one.
+const MaxNamesPerRequest = 100
+
+var (
+	errNoNames      = errors.New("request names no resources")
+	errTooManyNames = errors.New("too many resource names")
+)
 
 // checkNames admits the names of one request.
 func checkNames(caller identity.Caller, names []string) error {
+	if len(names) > MaxNamesPerRequest {
+		return fmt.Errorf("%w: the request names %d resources, at most %d are allowed (this agent serves %q, %q and the caller's SPIFFE ID)",
+			errTooManyNames, len(names), MaxNamesPerRequest, DefaultName, RootCAName)
+	}
 	for _, n := range names {
 		if err := checkName(caller, n); err != nil {
 			return err

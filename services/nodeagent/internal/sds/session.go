@@ -39,6 +39,14 @@ func serveSession[R request](s *Server, ctx context.Context, recv func() (R, err
 	if err != nil {
 		return s.toStatus(err)
 	}
+	if s.cfg.Callers != nil {
+		release, err := s.cfg.Callers.AdmitCaller(caller.Workload.PodKey() + "/" + caller.Workload.PodUID)
+		if err != nil {
+			s.cfg.Logger.Warn("sds stream refused", "spiffe_id", caller.ID.String(), "pod", caller.Workload.PodKey(), "err", err)
+			return err
+		}
+		defer release()
+	}
 	var (
 		mu      sync.Mutex
 		ended   bool

@@ -73,12 +73,18 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discovery.DiscoveryReque
 	if err != nil {
 		return nil, s.toStatus(err)
 	}
-	names := req.GetResourceNames()
-	if len(names) == 0 {
+	if len(req.GetResourceNames()) == 0 {
 		return nil, s.toStatus(errNoNames)
 	}
-	if err := checkNames(caller, names); err != nil {
+	if err := checkNames(caller, req.GetResourceNames()); err != nil {
 		return nil, s.toStatus(err)
+	}
+	// Each name is answered once, however often it is asked for (as on a stream).
+	var names []string
+	for _, n := range req.GetResourceNames() {
+		if !slices.Contains(names, n) {
+			names = append(names, n)
+		}
 	}
 	res, err := s.build(ctx, caller, names)
 	if err != nil {

@@ -273,7 +273,7 @@ func TestChainForAnotherKeyIsNeverServed(t *testing.T) {
 
 // rawClient is the plain go-control-plane SDS client, for what sdsclient does not expose
 // (NACKs, delta).
-func rawClient(t *testing.T, h *harness) secretv3.SecretDiscoveryServiceClient {
+func rawClient(t testing.TB, h *harness) secretv3.SecretDiscoveryServiceClient {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+h.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

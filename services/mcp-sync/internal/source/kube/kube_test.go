@@ -106,7 +106,7 @@ func bindChartRole(t *testing.T, c *kubetest.Cluster, user string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Apply(ctx, root+"/charts/portcullis/templates/mcp-sync-clusterrole.yaml"); err != nil {
+	if err := c.Apply(ctx, root+"/charts/portcullis/charts/mcp-sync/files/clusterrole.yaml"); err != nil {
 		t.Fatal(err)
 	}
 	_, err = c.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{

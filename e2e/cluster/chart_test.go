@@ -1,0 +1,345 @@
+package cluster_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// appVersion is the chart's appVersion: the tag `go tool task images` gives the images.
+const appVersion = "0.1.0"
+
+func image(name string) string { return "ghcr.io/portcullis-mesh/" + name + ":" + appVersion }
+
+func socketDir() string { return filepath.Join(suite.dir, "workload-spiffe-uds") }
+
+const (
+	idAlpha = "spiffe://cluster.local/ns/apps/sa/alpha"
+	idBeta  = "spiffe://cluster.local/ns/apps/sa/beta"
+)
+
+// TestChartLifecycle is what a platform team does with Portcullis, in order: install, give two
+// workloads identities that they use for mTLS, see impostors refused, rotate the root, upgrade,
+// uninstall. Each step needs the one before; the first failure stops the rest.
+func TestChartLifecycle(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	c := client(t)
+	var alpha, beta *probe
+	steps := []struct {
+		name string
+		run  func(t *testing.T)
+	}{
+		{"install brings every component to Ready", func(t *testing.T) { install(ctx, t, c) }},
+		{"workload pods get SVIDs over SDS and complete mTLS", func(t *testing.T) { alpha, beta = workloads(ctx, t, c) }},
+		{"impostors are refused", func(t *testing.T) { impostors(ctx, t, c) }},
+		{"components at idle", func(t *testing.T) { idleMemory(ctx, t, c) }},
+		{"root rotation through the CLI reaches the running pods", func(t *testing.T) { rotateRoot(ctx, t, c, alpha, beta) }},
+		{"upgrade rolls the components and the pods get certificates again", func(t *testing.T) { upgrade(ctx, t, c, alpha, beta) }},
+		{"uninstall removes everything but the CRDs and the CA's claim", func(t *testing.T) { uninstall(ctx, t, c) }},
+	}
+	for _, s := range steps {
+		if !t.Run(s.name, s.run) {
+			t.Fatalf("step %q failed; the later steps depend on it", s.name)
+		}
+	}
+}
+
+var installedAt time.Time
+
+func install(ctx context.Context, t *testing.T, c kubernetes.Interface) {
+	for _, ns := range []string{releaseNS, appsNS} {
+		if _, err := c.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	caVolume(ctx, t, c)
+	values := filepath.Join(suite.dir, "values.yaml")
+	writeFile(t, values, fmt.Sprintf(`global:
+  serviceDiscovery: env   # the test cluster runs no DNS
+  image: {pullPolicy: Never}
+kmsAdapter:
+  local: {persistence: {storageClass: %[1]s}}
+nodeagent:
+  socketDir: %[2]s
+  rotateJitter: 2s        # a test watches a rotation happen
+`, caStorageClass, socketDir()))
+	installedAt = time.Now()
+	if _, err := helm(ctx, "install", release, suite.chart, "-n", releaseNS, "-f", values, "--wait", "--timeout", "5m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("helm install --wait: %v", time.Since(installedAt).Round(time.Millisecond))
+	if err := workloadsReady(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// caStorageClass names the volume the test provides for the local CA: the test cluster has no
+// provisioner, so a hostPath PersistentVolume stands in for the cluster's storage.
+const caStorageClass = "portcullis-test-local"
+
+func caVolume(ctx context.Context, t *testing.T, c kubernetes.Interface) {
+	dir := filepath.Join(suite.dir, "kms-state")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 65532, 65532); err != nil { // kms-adapter's user
+		t.Fatal(err)
+	}
+	pv := &corev1.PersistentVolume{
+		ObjectMeta: metav1.ObjectMeta{Name: "portcullis-ca"},
+		Spec: corev1.PersistentVolumeSpec{
+			StorageClassName:              caStorageClass,
+			AccessModes:                   []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+			Capacity:                      corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")},
+			PersistentVolumeReclaimPolicy: corev1.PersistentVolumeReclaimRetain,
+			PersistentVolumeSource:        corev1.PersistentVolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: dir}},
+		},
+	}
+	if _, err := c.CoreV1().PersistentVolumes().Create(ctx, pv, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func workloads(ctx context.Context, t *testing.T, c kubernetes.Interface) (*probe, *probe) {
+	for _, sa := range []string{"alpha", "beta", "gamma"} {
+		if _, err := c.CoreV1().ServiceAccounts(appsNS).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	alpha := startProbe(ctx, t, c, probeSpec{name: "alpha", serviceAccount: "alpha"})
+	beta := startProbe(ctx, t, c, probeSpec{name: "beta", serviceAccount: "beta"})
+	st := alpha.waitSVID(ctx, t, time.Minute, "SVID", hasID(idAlpha))
+	t.Logf("helm install → first SVID in a pod: %v (serial %s)", time.Since(installedAt).Round(time.Millisecond), st.Serial)
+	beta.waitSVID(ctx, t, time.Minute, "SVID", hasID(idBeta))
+	mutualHandshake(ctx, t, alpha, beta, idAlpha, idBeta)
+	return alpha, beta
+}
+
+func hasID(id string) func(probeStatus) error {
+	return func(st probeStatus) error {
+		if st.SPIFFEID != id || len(st.BundleSHA256) == 0 {
+			return fmt.Errorf("holds %q with %d roots (last error %q), want %s", st.SPIFFEID, len(st.BundleSHA256), st.LastError, id)
+		}
+		return nil
+	}
+}
+
+// impostors: a pod asking for another service account's identity, and a pod presenting a token
+// bound to another pod (one that no longer runs), get nothing.
+func impostors(ctx context.Context, t *testing.T, c kubernetes.Interface) {
+	other := startProbe(ctx, t, c, probeSpec{name: "gamma-wants-alpha", serviceAccount: "gamma", resource: idAlpha})
+	refused(ctx, t, other, "PermissionDenied")
+
+	// A token the API server bound to a pod that has since gone.
+	ghost := startProbe(ctx, t, c, probeSpec{name: "ghost", serviceAccount: "alpha"})
+	tr, err := c.CoreV1().ServiceAccounts(appsNS).CreateToken(ctx, "alpha", &authnTokenRequest{ghost.name, ghostUID(ctx, t, c)}.request(), metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.CoreV1().Pods(appsNS).Delete(ctx, ghost.name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "ghost pod gone", func() error {
+		if _, err := c.CoreV1().Pods(appsNS).Get(ctx, ghost.name, metav1.GetOptions{}); err == nil {
+			return fmt.Errorf("still there")
+		}
+		return nil
+	})
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "ghost-token", Namespace: appsNS}, StringData: map[string]string{"token": tr.Status.Token}}
+	if _, err := c.CoreV1().Secrets(appsNS).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	stolen := startProbe(ctx, t, c, probeSpec{name: "stolen-token", serviceAccount: "gamma", tokenSecret: "ghost-token"})
+	refused(ctx, t, stolen, "")
+}
+
+// refused waits for the probe's SDS request to fail (with code in its error, if given) and
+// checks it holds no identity.
+func refused(ctx context.Context, t *testing.T, p *probe, code string) {
+	t.Helper()
+	st := p.waitSVID(ctx, t, time.Minute, "refusal", func(st probeStatus) error {
+		if st.LastError == "" || !strings.Contains(st.LastError, code) {
+			return fmt.Errorf("last error %q, want one with %q", st.LastError, code)
+		}
+		return nil
+	})
+	if st.SPIFFEID != "" || st.Serial != "" {
+		t.Fatalf("%s was given %s (serial %s)", p.name, st.SPIFFEID, st.Serial)
+	}
+	t.Logf("%s refused: %s", p.name, st.LastError)
+}
+
+// adminJob runs portcullisctl in the cluster with the admin certificate, against kms-adapter.
+func adminJob(name string, args ...string) *batchv1.Job {
+	mode := int32(0o440)
+	base := []string{"-kms-addr=$(PORTCULLIS_KMS_ADAPTER_SERVICE_HOST):15030",
+		"-tls-cert=/admin/tls.crt", "-tls-key=/admin/tls.key", "-tls-ca=/admin/ca.crt"}
+	return &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: releaseNS},
+		Spec: batchv1.JobSpec{
+			BackoffLimit: ptr(int32(0)),
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+				RestartPolicy:                corev1.RestartPolicyNever,
+				AutomountServiceAccountToken: ptr(false),
+				SecurityContext:              &corev1.PodSecurityContext{RunAsUser: ptr(int64(65532)), RunAsGroup: ptr(int64(65532)), RunAsNonRoot: ptr(true)},
+				Containers: []corev1.Container{{
+					Name: "portcullisctl", Image: image("portcullisctl"), ImagePullPolicy: corev1.PullNever,
+					Args:         append(base, args...),
+					VolumeMounts: []corev1.VolumeMount{{Name: "admin", MountPath: "/admin", ReadOnly: true}},
+				}},
+				Volumes: []corev1.Volume{{Name: "admin", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+					SecretName: release + "-admin-tls", DefaultMode: &mode}}}},
+			}},
+		},
+	}
+}
+
+func rotateRoot(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha, beta *probe) {
+	before, err := alpha.status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("prepare: %s", jobOutput(ctx, t, c, adminJob("rotate-prepare", "rotate-ca", "prepare")))
+	// The next root joins the bundle at once, on the open streams.
+	for _, p := range []*probe{alpha, beta} {
+		p.waitSVID(ctx, t, time.Minute, "bundle with the next root", func(st probeStatus) error {
+			if len(st.BundleSHA256) != 2 {
+				return fmt.Errorf("%d roots", len(st.BundleSHA256))
+			}
+			return nil
+		})
+	}
+	t.Logf("activate: %s", jobOutput(ctx, t, c, adminJob("rotate-activate", "rotate-ca", "activate")))
+	// Agents re-issue within -rotate-jitter (2 s here) and push on the same streams.
+	for _, p := range []*probe{alpha, beta} {
+		p.waitSVID(ctx, t, time.Minute, "certificate from the next CA", func(st probeStatus) error {
+			if st.Serial == before.Serial && p == alpha {
+				return fmt.Errorf("still serial %s", st.Serial)
+			}
+			if st.Updates <= before.Updates && p == alpha {
+				return fmt.Errorf("no push since the rotation")
+			}
+			return nil
+		})
+	}
+	mutualHandshake(ctx, t, alpha, beta, idAlpha, idBeta)
+}
+
+func upgrade(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha, beta *probe) {
+	before := podUIDs(ctx, t, c)
+	statusBefore := map[*probe]probeStatus{}
+	for _, p := range []*probe{alpha, beta} {
+		st, err := p.status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		statusBefore[p] = st
+	}
+	start := time.Now()
+	if _, err := helm(ctx, "upgrade", release, suite.chart, "-n", releaseNS, "--reuse-values",
+		"--set", "global.logLevel=debug", "--wait", "--timeout", "5m"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("helm upgrade --wait: %v", time.Since(start).Round(time.Millisecond))
+	eventually(t, 2*time.Minute, "every component rolled", func() error {
+		if err := workloadsReady(ctx, c); err != nil {
+			return err
+		}
+		after := podUIDs(ctx, t, c)
+		for name := range after {
+			if _, ok := before[name]; ok {
+				return fmt.Errorf("pod %s was not replaced", name)
+			}
+		}
+		return nil
+	})
+	// The workloads were not restarted: the same pods, no container restart, and they hold
+	// certificates again (the new agent made new keys) on reopened streams.
+	for _, p := range []*probe{alpha, beta} {
+		pod, err := c.CoreV1().Pods(appsNS).Get(ctx, p.name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rc := pod.Status.ContainerStatuses[0].RestartCount; rc != 0 {
+			t.Fatalf("%s restarted %d times", p.name, rc)
+		}
+		want := statusBefore[p]
+		p.waitSVID(ctx, t, 2*time.Minute, "certificate from the new agent", func(st probeStatus) error {
+			if st.Serial == want.Serial || st.Updates <= want.Updates {
+				return fmt.Errorf("serial %s, %d updates (before: %s, %d); last error %q", st.Serial, st.Updates, want.Serial, want.Updates, st.LastError)
+			}
+			return nil
+		})
+	}
+	mutualHandshake(ctx, t, alpha, beta, idAlpha, idBeta)
+}
+
+func uninstall(ctx context.Context, t *testing.T, c kubernetes.Interface) {
+	if _, err := helm(ctx, "uninstall", release, "-n", releaseNS, "--wait", "--timeout", "5m"); err != nil {
+		t.Fatal(err)
+	}
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release}
+	eventually(t, 2*time.Minute, "release objects gone", func() error {
+		pods, err := c.CoreV1().Pods(releaseNS).List(ctx, sel)
+		if err != nil || len(pods.Items) > 0 {
+			return fmt.Errorf("%d pods left (%v)", len(pods.Items), err)
+		}
+		return nil
+	})
+	deps, _ := c.AppsV1().Deployments(releaseNS).List(ctx, metav1.ListOptions{})
+	dss, _ := c.AppsV1().DaemonSets(releaseNS).List(ctx, metav1.ListOptions{})
+	svcs, _ := c.CoreV1().Services(releaseNS).List(ctx, metav1.ListOptions{})
+	if n := len(deps.Items) + len(dss.Items) + len(svcs.Items); n != 0 {
+		t.Errorf("%d deployments, daemonsets or services left", n)
+	}
+	secrets, _ := c.CoreV1().Secrets(releaseNS).List(ctx, metav1.ListOptions{})
+	for _, s := range secrets.Items {
+		t.Errorf("secret %s left after uninstall", s.Name)
+	}
+	cms, _ := c.CoreV1().ConfigMaps(releaseNS).List(ctx, metav1.ListOptions{})
+	for _, cm := range cms.Items {
+		if cm.Name != "kube-root-ca.crt" {
+			t.Errorf("configmap %s left after uninstall", cm.Name)
+		}
+	}
+	sas, _ := c.CoreV1().ServiceAccounts(releaseNS).List(ctx, metav1.ListOptions{})
+	for _, sa := range sas.Items {
+		if sa.Name != "default" {
+			t.Errorf("service account %s left after uninstall", sa.Name)
+		}
+	}
+	_, err := c.RbacV1().ClusterRoles().Get(ctx, release+"-mcp-sync", metav1.GetOptions{})
+	absent(t, "ClusterRole "+release+"-mcp-sync", err)
+	_, err = c.RbacV1().ClusterRoleBindings().Get(ctx, release+"-mcp-sync", metav1.GetOptions{})
+	absent(t, "ClusterRoleBinding "+release+"-mcp-sync", err)
+
+	// Kept: the CRDs (Helm never deletes them) and the CA's claim.
+	if _, err := c.CoreV1().PersistentVolumeClaims(releaseNS).Get(ctx, release+"-kms-adapter-state", metav1.GetOptions{}); err != nil {
+		t.Errorf("the CA's claim: %v", err)
+	}
+	crds := crdNames(ctx, t)
+	for _, want := range []string{"keysecrets.security.portcullis.dev", "tlspolicies.security.portcullis.dev", "scopeconfigs.security.portcullis.dev"} {
+		if !slices.Contains(crds, want) {
+			t.Errorf("CRD %s removed by uninstall; CRDs %v", want, crds)
+		}
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

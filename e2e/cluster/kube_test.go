@@ -1,0 +1,185 @@
+package cluster_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// releaseNS is where the chart is installed; appsNS holds the test workloads.
+const (
+	release   = "portcullis"
+	releaseNS = "portcullis"
+	appsNS    = "apps"
+)
+
+func client(t *testing.T) kubernetes.Interface {
+	t.Helper()
+	return cluster(t).Client()
+}
+
+// helm runs the helm binary against the cluster and returns its combined output.
+func helm(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, suite.helm, args...)
+	cmd.Env = append(cmd.Environ(), "KUBECONFIG="+suite.cluster.Kubeconfig(),
+		"HELM_CACHE_HOME="+suite.dir+"/helm/cache", "HELM_CONFIG_HOME="+suite.dir+"/helm/config",
+		"HELM_DATA_HOME="+suite.dir+"/helm/data")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("helm %s: %w\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String(), nil
+}
+
+// eventually polls cond every 250 ms until it returns nil or the timeout passes, then fails
+// with its last error.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v: %v", what, timeout, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// workloadsReady reports whether every Deployment and DaemonSet of the release has its desired
+// pods updated and ready.
+func workloadsReady(ctx context.Context, c kubernetes.Interface) error {
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release}
+	deps, err := c.AppsV1().Deployments(releaseNS).List(ctx, sel)
+	if err != nil {
+		return err
+	}
+	if len(deps.Items) != 3 {
+		return fmt.Errorf("%d deployments, want 3 (kms-adapter, mcp-sync, citadel)", len(deps.Items))
+	}
+	for _, d := range deps.Items {
+		if err := deploymentReady(&d); err != nil {
+			return err
+		}
+	}
+	dss, err := c.AppsV1().DaemonSets(releaseNS).List(ctx, sel)
+	if err != nil {
+		return err
+	}
+	if len(dss.Items) != 1 {
+		return fmt.Errorf("%d daemonsets, want 1 (nodeagent)", len(dss.Items))
+	}
+	ds := dss.Items[0]
+	if ds.Status.ObservedGeneration < ds.Generation || ds.Status.DesiredNumberScheduled == 0 ||
+		ds.Status.UpdatedNumberScheduled != ds.Status.DesiredNumberScheduled || ds.Status.NumberReady != ds.Status.DesiredNumberScheduled {
+		return fmt.Errorf("daemonset %s: %d desired, %d updated, %d ready", ds.Name,
+			ds.Status.DesiredNumberScheduled, ds.Status.UpdatedNumberScheduled, ds.Status.NumberReady)
+	}
+	return nil
+}
+
+func deploymentReady(d *appsv1.Deployment) error {
+	want := int32(1)
+	if d.Spec.Replicas != nil {
+		want = *d.Spec.Replicas
+	}
+	s := d.Status
+	if s.ObservedGeneration < d.Generation || s.UpdatedReplicas != want || s.ReadyReplicas != want || s.Replicas != want {
+		return fmt.Errorf("deployment %s: %d wanted, %d updated, %d ready, %d in all", d.Name, want, s.UpdatedReplicas, s.ReadyReplicas, s.Replicas)
+	}
+	return nil
+}
+
+// podUIDs maps the release's pod names to their UIDs.
+func podUIDs(ctx context.Context, t *testing.T, c kubernetes.Interface) map[string]string {
+	t.Helper()
+	pods, err := c.CoreV1().Pods(releaseNS).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + release})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil {
+			out[p.Name] = string(p.UID)
+		}
+	}
+	return out
+}
+
+// runningPod waits for a pod to run and returns it.
+func runningPod(ctx context.Context, t *testing.T, c kubernetes.Interface, ns, name string) *corev1.Pod {
+	t.Helper()
+	var pod *corev1.Pod
+	eventually(t, 2*time.Minute, "pod "+ns+"/"+name+" running", func() error {
+		p, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
+			return fmt.Errorf("phase %s, conditions %v", p.Status.Phase, p.Status.Conditions)
+		}
+		pod = p
+		return nil
+	})
+	return pod
+}
+
+// jobOutput runs a Job to completion and returns its pod's log.
+func jobOutput(ctx context.Context, t *testing.T, c kubernetes.Interface, job *batchv1.Job) string {
+	t.Helper()
+	created, err := c.BatchV1().Jobs(job.Namespace).Create(ctx, job, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		policy := metav1.DeletePropagationBackground
+		_ = c.BatchV1().Jobs(job.Namespace).Delete(context.Background(), created.Name, metav1.DeleteOptions{PropagationPolicy: &policy})
+	}()
+	var logs string
+	eventually(t, 2*time.Minute, "job "+created.Name, func() error {
+		j, err := c.BatchV1().Jobs(job.Namespace).Get(ctx, created.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if j.Status.Succeeded == 0 && j.Status.Failed == 0 {
+			return fmt.Errorf("still running")
+		}
+		pods, err := c.CoreV1().Pods(job.Namespace).List(ctx, metav1.ListOptions{LabelSelector: "job-name=" + created.Name})
+		if err != nil || len(pods.Items) == 0 {
+			return fmt.Errorf("no pod: %v", err)
+		}
+		b, err := c.CoreV1().Pods(job.Namespace).GetLogs(pods.Items[0].Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		if err != nil {
+			return err
+		}
+		logs = string(b)
+		if j.Status.Failed > 0 {
+			t.Fatalf("job %s failed: %s", created.Name, logs)
+		}
+		return nil
+	})
+	return logs
+}
+
+// absent fails unless get reports NotFound.
+func absent(t *testing.T, what string, err error) {
+	t.Helper()
+	if !apierrors.IsNotFound(err) {
+		t.Errorf("%s: want it gone after uninstall, got err=%v", what, err)
+	}
+}

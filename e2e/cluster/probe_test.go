@@ -1,0 +1,168 @@
+package cluster_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// A probe is a workload pod running tools/cmd/sdsprobe: it gets its SVID over SDS from the node
+// agent's socket (mounted from the node, as a sidecar would), serves mTLS with it, and answers
+// the test on its pod IP.
+type probe struct {
+	ns, name string
+	ip       string
+}
+
+// probeStatus is sdsprobe's GET /status.
+type probeStatus struct {
+	SPIFFEID     string   `json:"spiffe_id"`
+	Serial       string   `json:"serial"`
+	NotAfter     string   `json:"not_after"`
+	BundleSHA256 []string `json:"bundle_sha256"`
+	Updates      int      `json:"updates"`
+	LastError    string   `json:"last_error"`
+}
+
+// handshake is sdsprobe's POST /handshake.
+type handshake struct {
+	OK           bool   `json:"ok"`
+	PeerSPIFFEID string `json:"peer_spiffe_id"`
+	Error        string `json:"error"`
+}
+
+// probeSpec describes a probe pod: its service account, the SDS resource it asks for, and where
+// its token comes from (the kubelet's projection by default, or a Secret the test made).
+type probeSpec struct {
+	name, serviceAccount string
+	resource             string // empty: default
+	tokenSecret          string // empty: a projected token with the audience portcullis
+}
+
+func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec probeSpec) *probe {
+	t.Helper()
+	args := []string{"-socket=/run/portcullis/sds/socket", "-token-file=/run/portcullis/token/token"}
+	if spec.resource != "" {
+		args = append(args, "-resource="+spec.resource)
+	}
+	token := corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
+		ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", Audience: "portcullis", ExpirationSeconds: ptr(int64(3600))},
+	}}}}
+	if spec.tokenSecret != "" {
+		token = corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: spec.tokenSecret}}
+	}
+	hostPathType := corev1.HostPathDirectory
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: spec.name, Namespace: appsNS, Labels: map[string]string{"app": "sdsprobe"}},
+		Spec: corev1.PodSpec{
+			ServiceAccountName:           spec.serviceAccount,
+			AutomountServiceAccountToken: ptr(false),
+			SecurityContext: &corev1.PodSecurityContext{
+				RunAsUser: ptr(int64(65532)), RunAsGroup: ptr(int64(65532)), RunAsNonRoot: ptr(true),
+				SupplementalGroups: []int64{1337}, // the socket's group (nodeagent.socketGroup)
+				SeccompProfile:     &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+			},
+			Containers: []corev1.Container{{
+				Name: "sdsprobe", Image: image("sdsprobe"), ImagePullPolicy: corev1.PullNever, Args: args,
+				SecurityContext: &corev1.SecurityContext{
+					AllowPrivilegeEscalation: ptr(false), ReadOnlyRootFilesystem: ptr(true),
+					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+				},
+				VolumeMounts: []corev1.VolumeMount{
+					{Name: "sds", MountPath: "/run/portcullis/sds"},
+					{Name: "token", MountPath: "/run/portcullis/token", ReadOnly: true},
+				},
+			}},
+			Volumes: []corev1.Volume{
+				{Name: "sds", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: socketDir(), Type: &hostPathType}}},
+				{Name: "token", VolumeSource: token},
+			},
+		},
+	}
+	if _, err := c.CoreV1().Pods(appsNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating probe %s: %v", spec.name, err)
+	}
+	p := runningPod(ctx, t, c, appsNS, spec.name)
+	return &probe{ns: appsNS, name: spec.name, ip: p.Status.PodIP}
+}
+
+// tlsAddr is the probe's mTLS address, for another probe to dial.
+func (p *probe) tlsAddr() string { return net.JoinHostPort(p.ip, "8443") }
+
+var httpClient = &http.Client{Timeout: 10 * time.Second}
+
+func (p *probe) status(ctx context.Context) (probeStatus, error) {
+	var st probeStatus
+	err := p.call(ctx, http.MethodGet, "/status", &st)
+	return st, err
+}
+
+// handshakeWith makes this probe dial peer with mTLS.
+func (p *probe) handshakeWith(ctx context.Context, peer *probe) (handshake, error) {
+	var h handshake
+	err := p.call(ctx, http.MethodPost, "/handshake?addr="+url.QueryEscape(peer.tlsAddr()), &h)
+	return h, err
+}
+
+func (p *probe) call(ctx context.Context, method, path string, into any) error {
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+net.JoinHostPort(p.ip, "8080")+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, b)
+	}
+	return json.Unmarshal(b, into)
+}
+
+// waitSVID waits until the probe holds an SVID that satisfies ok, and returns its status.
+func (p *probe) waitSVID(ctx context.Context, t *testing.T, timeout time.Duration, what string, ok func(probeStatus) error) probeStatus {
+	t.Helper()
+	var st probeStatus
+	eventually(t, timeout, p.name+": "+what, func() error {
+		var err error
+		if st, err = p.status(ctx); err != nil {
+			return err
+		}
+		return ok(st)
+	})
+	return st
+}
+
+// mutualHandshake makes each probe dial the other and checks the identities they saw.
+func mutualHandshake(ctx context.Context, t *testing.T, a, b *probe, idA, idB string) {
+	t.Helper()
+	for _, pair := range []struct {
+		from, to *probe
+		want     string
+	}{{a, b, idB}, {b, a, idA}} {
+		h, err := pair.from.handshakeWith(ctx, pair.to)
+		if err != nil {
+			t.Fatalf("%s → %s: %v", pair.from.name, pair.to.name, err)
+		}
+		if !h.OK || h.PeerSPIFFEID != pair.want {
+			t.Fatalf("%s → %s: ok=%v peer=%q error=%q, want peer %q", pair.from.name, pair.to.name, h.OK, h.PeerSPIFFEID, h.Error, pair.want)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
