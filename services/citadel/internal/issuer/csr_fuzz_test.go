@@ -21,8 +21,9 @@ func fuzzCSR(f *testing.F, key any) string {
 	return string(pem.EncodeToMemory(&pem.Block{Type: csrPEMType, Bytes: der}))
 }
 
-// FuzzParseCSR feeds parseCSR the csr field of a CreateCertificate request. An accepted CSR is
-// exactly one PEM block whose self-signature verifies, over an allowed key.
+// FuzzParseCSR feeds decodeCSR and parseCSR the csr field of a CreateCertificate request. An
+// accepted CSR is exactly one PEM block of at most MaxCSRBytes whose self-signature verifies,
+// over an allowed key.
 func FuzzParseCSR(f *testing.F) {
 	for _, c := range []elliptic.Curve{elliptic.P256(), elliptic.P384(), elliptic.P224()} {
 		key, err := ecdsa.GenerateKey(c, rand.Reader)
@@ -45,7 +46,17 @@ func FuzzParseCSR(f *testing.F) {
 	f.Add(strings.Replace(good, "CERTIFICATE REQUEST", "CERTIFICATE", 2))
 	f.Add("")
 	f.Fuzz(func(t *testing.T, text string) {
-		csr, err := parseCSR(text)
+		der, err := decodeCSR(text)
+		if err != nil {
+			if der != nil || !errors.Is(err, ErrInvalidCSR) {
+				t.Fatalf("refusal %v (der %v) is not ErrInvalidCSR alone", err, der != nil)
+			}
+			return
+		}
+		if len(text) > MaxCSRBytes {
+			t.Fatalf("accepted %d bytes of PEM", len(text))
+		}
+		csr, err := parseCSR(der)
 		if err != nil {
 			if csr != nil || !errors.Is(err, ErrInvalidCSR) {
 				t.Fatalf("refusal %v (csr %v) is not ErrInvalidCSR alone", err, csr != nil)
@@ -61,7 +72,7 @@ func FuzzParseCSR(f *testing.F) {
 				t.Fatalf("accepted curve %s", pub.Curve.Params().Name)
 			}
 		case *rsa.PublicKey:
-			if pub.N.BitLen() < minRSAKeyBits {
+			if pub.N.BitLen() < minRSAKeyBits || pub.N.BitLen() > maxRSAKeyBits {
 				t.Fatalf("accepted an RSA key of %d bits", pub.N.BitLen())
 			}
 		default:
