@@ -12,12 +12,24 @@ import (
 	"github.com/portcullis-mesh/portcullis/tools/stack"
 )
 
-// Sizes of the SDS load benchmarks (issue 3's targets by default); smaller for a quick look.
+// Sizes of the SDS load benchmarks: issue 3's targets by default, a quick look under -short
+// (which `go tool task test` uses to run every benchmark once, so that a broken one fails).
 var (
-	loadPods          = flag.Int("sds-pods", 100, "BenchmarkSDSBundleFanout: pods on the node (one identity each)")
-	loadStreamsPerPod = flag.Int("sds-streams-per-pod", 100, "BenchmarkSDSBundleFanout: SDS streams per pod")
-	burstPods         = flag.Int("burst-pods", 1000, "BenchmarkNewPodBurst: new pods (one identity each) asking at once")
+	loadPods          = flag.Int("sds-pods", 0, "BenchmarkSDSBundleFanout: pods on the node, one identity each (0: 100, or 10 with -short)")
+	loadStreamsPerPod = flag.Int("sds-streams-per-pod", 0, "BenchmarkSDSBundleFanout: SDS streams per pod (0: 100, or 10 with -short)")
+	burstPods         = flag.Int("burst-pods", 0, "BenchmarkNewPodBurst: new pods, one identity each, asking at once (0: 1000, or 50 with -short)")
 )
+
+// size is *flag, or def (small under -short) when the flag is not set.
+func size(flag *int, def, short int) int {
+	switch {
+	case *flag > 0:
+		return *flag
+	case testing.Short():
+		return short
+	}
+	return def
+}
 
 // loadStack starts a one-node stack serving pods generated pods (one identity each) and stops
 // it when t ends.
@@ -51,10 +63,10 @@ func loadStack(b testing.TB, pods int, extra map[string][]string) (*stack.Stack,
 // waited for.
 func BenchmarkSDSBundleFanout(b *testing.B) {
 	b.Setenv(lifecycle.ProfilingEnv, "1") // heap figures after a GC the agent is asked to run
-	s, pods := loadStack(b, *loadPods, sdsload.RotationExtra)
+	s, pods := loadStack(b, size(loadPods, 100, 10), sdsload.RotationExtra)
 	ctx := context.Background()
 	l, err := sdsload.StartLoad(ctx, sdsload.LoadConfig{Stack: s, Node: sdsload.Node, Pods: pods,
-		Fleet: sdsload.FleetConfig{StreamsPerSidecar: *loadStreamsPerPod, StreamsPerConn: 100, Opening: 200}})
+		Fleet: sdsload.FleetConfig{StreamsPerSidecar: size(loadStreamsPerPod, 100, 10), StreamsPerConn: 100, Opening: 200}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -97,7 +109,7 @@ func BenchmarkNewPodBurst(b *testing.B) {
 	b.Setenv(lifecycle.ProfilingEnv, "1") // as in BenchmarkSDSBundleFanout
 	for range b.N {
 		b.StopTimer()
-		s, pods := loadStack(b, *burstPods, nil)
+		s, pods := loadStack(b, size(burstPods, 1000, 50), nil)
 		b.StartTimer()
 		r, err := sdsload.Burst(context.Background(), s, sdsload.Node, pods)
 		if err != nil {

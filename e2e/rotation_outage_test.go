@@ -110,7 +110,9 @@ func natsAs(t *testing.T, s *stack.Stack, name string, id spiffeid.ID) jetstream
 		t.Fatal(err)
 	}
 	kmsID, _ := servicetls.ServiceID(s.TrustDomain(), servicetls.KMSAdapter)
-	nc, err := nats.Connect("tls://"+s.Process(stack.KMSAdapter).Addr("nats"), nats.Secure(ident.ClientTLS(kmsID)))
+	// Each identity may receive replies only under its own inbox prefix.
+	nc, err := nats.Connect("tls://"+s.Process(stack.KMSAdapter).Addr("nats"), nats.Secure(ident.ClientTLS(kmsID)),
+		nats.CustomInboxPrefix(events.ScopeOf(id).InboxPrefix()))
 	if err != nil {
 		t.Fatal(err)
 	}

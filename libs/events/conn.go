@@ -31,6 +31,11 @@ type ConnConfig struct {
 	PasswordFile string
 	NKeySeedFile string
 	CredsFile    string
+	// JSAPIPrefix is the JetStream API prefix followers use. Empty means Portcullis's own NATS
+	// server (embedded, or tools/cmd/natsd), which checks each follower's requests against its
+	// Scope. Set "$JS.API" for an external NATS server; its operator grants the permissions
+	// (docs/configuration.md).
+	JSAPIPrefix string
 }
 
 // RegisterFlags binds the config to fs under -nats-….
@@ -42,6 +47,7 @@ func (c *ConnConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.PasswordFile, "nats-password-file", "", "file holding the NATS password")
 	fs.StringVar(&c.NKeySeedFile, "nats-nkey-file", "", "file holding a NATS nkey seed")
 	fs.StringVar(&c.CredsFile, "nats-creds-file", "", "NATS credentials file (user JWT + nkey seed)")
+	fs.StringVar(&c.JSAPIPrefix, "nats-js-api-prefix", "", "JetStream API prefix for following events (empty: the guarded API of Portcullis's own NATS; $JS.API for an external server)")
 }
 
 // Validate reports conflicting options.
@@ -58,6 +64,9 @@ func (c ConnConfig) Validate() error {
 	}
 	if (c.User == "") != (c.PasswordFile == "") {
 		errs = append(errs, errors.New("-nats-user and -nats-password-file go together"))
+	}
+	if c.JSAPIPrefix != "" && (strings.ContainsAny(c.JSAPIPrefix, "*> \t") || strings.HasPrefix(c.JSAPIPrefix, ".")) {
+		errs = append(errs, fmt.Errorf("-nats-js-api-prefix %q is not a subject prefix", c.JSAPIPrefix))
 	}
 	if c.ServerID != "" {
 		if _, err := spiffeid.FromString(c.ServerID); err != nil {
@@ -79,6 +88,8 @@ func Connect(c ConnConfig, id *servicetls.Identity, name string, logger *slog.Lo
 	}
 	opts := []nats.Option{
 		nats.Name(name),
+		// Replies and deliveries come to subjects that only this identity may subscribe to.
+		nats.CustomInboxPrefix(ScopeOf(id.ID()).InboxPrefix()),
 		nats.Secure(tlsConf),
 		nats.RetryOnFailedConnect(true),
 		nats.MaxReconnects(-1),
@@ -86,7 +97,11 @@ func Connect(c ConnConfig, id *servicetls.Identity, name string, logger *slog.Lo
 		nats.IgnoreAuthErrorAbort(),
 		nats.ReconnectWait(time.Second),
 		nats.ReconnectJitter(500*time.Millisecond, time.Second),
-		nats.ConnectHandler(func(nc *nats.Conn) { logger.Info("connected to nats", "url", nc.ConnectedUrlRedacted()) }),
+		// The inbox prefix is what an external server's permissions must let this identity
+		// subscribe to (docs/rotation.md).
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			logger.Info("connected to nats", "url", nc.ConnectedUrlRedacted(), "inbox_prefix", nc.Opts.InboxPrefix)
+		}),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			logger.Warn("disconnected from nats; events wait until it is back", "err", err)
 		}),

@@ -20,13 +20,15 @@ const Stream = "PORTCULLIS_EVENTS"
 
 // Subjects, one per kind of event, all under SubjectAll.
 const (
-	SubjectAll              = "portcullis.events.>"
-	SubjectBundle           = "portcullis.events.bundle"
-	SubjectCA               = "portcullis.events.ca"
-	SubjectIdentityRotate   = "portcullis.events.identity.rotate"
-	SubjectIdentityRevoke   = "portcullis.events.identity.revoke"
-	SubjectCertExpiring     = "portcullis.events.cert.expiring"
-	SchemaVersion           = 1
+	SubjectAll            = "portcullis.events.>"
+	SubjectBundle         = "portcullis.events.bundle"
+	SubjectCA             = "portcullis.events.ca"
+	SubjectIdentityRotate = "portcullis.events.identity.rotate"
+	SubjectIdentityRevoke = "portcullis.events.identity.revoke"
+	SubjectCertExpiring   = "portcullis.events.cert.expiring"
+	SchemaVersion         = 1
+	// MaxConsumerInactivity bounds how long a consumer of the stream lives without a pull.
+	MaxConsumerInactivity   = 5 * time.Minute
 	defaultStreamMaxAge     = 7 * 24 * time.Hour
 	defaultDuplicatesWindow = 2 * time.Minute
 )

@@ -176,6 +176,9 @@ func (p *Publisher) ensureStream(ctx context.Context) bool {
 		MaxAge:      p.cfg.StreamMaxAge,
 		Duplicates:  defaultDuplicatesWindow,
 		Discard:     jetstream.DiscardOld,
+		// No consumer outlives its follower: even on an external NATS server, whose permissions
+		// cannot refuse a durable consumer, one is removed after this long without a pull.
+		ConsumerLimits: jetstream.StreamConsumerLimits{InactiveThreshold: MaxConsumerInactivity},
 	})
 	if err != nil && ctx.Err() == nil {
 		p.cfg.Logger.Warn("creating the event stream failed; retrying", "stream", Stream, "err", err)

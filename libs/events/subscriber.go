@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/utils/clock"
@@ -21,6 +22,11 @@ import (
 type SubscriberConfig struct {
 	Conn        *nats.Conn
 	TrustDomain spiffeid.TrustDomain
+	// Client is the follower's own SPIFFE ID (the one it connected with): its consumers are
+	// named after it, and Portcullis's NATS server lets it touch no others.
+	Client spiffeid.ID
+	// JSAPIPrefix is ConnConfig.JSAPIPrefix: empty means the guarded API for Client.
+	JSAPIPrefix string
 	Logger      *slog.Logger
 	Clock       clock.Clock // nil means the real clock
 	// Handle is called for each event of the trust domain, in stream order, one at a time. It
@@ -34,9 +40,10 @@ type SubscriberConfig struct {
 // a NATS restart it resumes after the last event it handled, so nothing published meanwhile is
 // missed while JetStream keeps it (StreamMaxAge).
 type Subscriber struct {
-	cfg     SubscriberConfig
-	started chan struct{}
-	once    sync.Once
+	cfg      SubscriberConfig
+	instance string // names this process's consumers (events.Scope.ConsumerPrefix)
+	started  chan struct{}
+	once     sync.Once
 }
 
 // NewSubscriber prepares a subscriber; Run follows the stream.
@@ -47,7 +54,7 @@ func NewSubscriber(cfg SubscriberConfig) *Subscriber {
 	if cfg.Received == nil {
 		cfg.Received = func(string, error) {}
 	}
-	return &Subscriber{cfg: cfg, started: make(chan struct{})}
+	return &Subscriber{cfg: cfg, instance: nuid.Next(), started: make(chan struct{})}
 }
 
 // Started is closed once the subscriber first follows the stream: events published from then on
@@ -57,7 +64,15 @@ func (s *Subscriber) Started() <-chan struct{} { return s.started }
 // Run follows the stream until ctx ends. Failures (NATS down, stream not created yet) are retried
 // with backoff and never end Run.
 func (s *Subscriber) Run(ctx context.Context) error {
-	js, err := jetstream.New(s.cfg.Conn)
+	if s.cfg.Client.IsZero() {
+		return errors.New("events subscriber: no client identity (SubscriberConfig.Client)")
+	}
+	scope := ScopeOf(s.cfg.Client)
+	prefix := s.cfg.JSAPIPrefix
+	if prefix == "" {
+		prefix = scope.GuardedAPIPrefix()
+	}
+	js, err := jetstream.NewWithAPIPrefix(s.cfg.Conn, prefix)
 	if err != nil {
 		return err
 	}
@@ -77,7 +92,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 		}
 		if known {
 			cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1,
-				InactiveThreshold: time.Minute}
+				InactiveThreshold: time.Minute, NamePrefix: scope.ConsumerPrefix(s.instance)}
 			err = s.follow(ctx, js, cfg, &last, &retry)
 		}
 		if ctx.Err() != nil {
@@ -168,7 +183,8 @@ func Follow(cfg FollowConfig) (run func(ctx context.Context) error, err error) {
 	if err != nil {
 		return nil, err
 	}
-	sub := NewSubscriber(SubscriberConfig{Conn: nc, TrustDomain: cfg.Identity.TrustDomain(), Logger: cfg.Logger,
+	sub := NewSubscriber(SubscriberConfig{Conn: nc, TrustDomain: cfg.Identity.TrustDomain(), Client: cfg.Identity.ID(),
+		JSAPIPrefix: cfg.Conn.JSAPIPrefix, Logger: cfg.Logger,
 		Handle: cfg.Handle, Received: received})
 	return func(ctx context.Context) error {
 		defer nc.Close()

@@ -1,6 +1,7 @@
 package natsserver
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -20,9 +21,19 @@ type authenticator struct {
 	td         spiffeid.TrustDomain
 	publishers []string
 	logger     *slog.Logger
+	// guardToken admits the guard's in-process connection; it never leaves the process.
+	guardToken string
 }
 
 func (a *authenticator) Check(c server.ClientAuthentication) bool {
+	if a.isGuard(c) {
+		c.RegisterUser(&server.User{Username: "portcullis-guard", Permissions: &server.Permissions{
+			// Replies go to any follower's inbox, so publish cannot be narrower than ">".
+			Publish:   &server.SubjectPermission{Allow: []string{">"}, Deny: []string{events.SubjectAll}},
+			Subscribe: &server.SubjectPermission{Allow: []string{events.GuardedAPIRoot + ".>"}},
+		}})
+		return true
+	}
 	id, err := a.peer(c)
 	if err != nil {
 		a.logger.Warn("refused a nats client", "remote", c.RemoteAddress().String(), "err", err)
@@ -54,8 +65,19 @@ func (a *authenticator) peer(c server.ClientAuthentication) (spiffeid.ID, error)
 	return id, nil
 }
 
+func (a *authenticator) isGuard(c server.ClientAuthentication) bool {
+	opts := c.GetOpts()
+	addr := c.RemoteAddress()
+	return opts != nil && opts.Token != "" && addr != nil && addr.Network() == "pipe" &&
+		subtle.ConstantTimeCompare([]byte(opts.Token), []byte(a.guardToken)) == 1
+}
+
+// permissions gives every identity its own inbox (events.Scope) and nothing of anyone else's.
+// Publishers (kms-adapter) publish events and manage the stream; followers (citadel, node agents)
+// reach JetStream only through the guard, under their own token.
 func (a *authenticator) permissions(id spiffeid.ID) (*server.Permissions, error) {
-	inbox := &server.SubjectPermission{Allow: []string{"_INBOX.>"}}
+	scope := events.ScopeOf(id)
+	inbox := &server.SubjectPermission{Allow: []string{scope.InboxPrefix() + ".>"}}
 	if slices.ContainsFunc(a.publishers, func(svc string) bool { return servicetls.IsService(id, svc) }) {
 		return &server.Permissions{
 			Publish:   &server.SubjectPermission{Allow: []string{events.SubjectAll, "$JS.API.>"}},
@@ -65,7 +87,7 @@ func (a *authenticator) permissions(id spiffeid.ID) (*server.Permissions, error)
 	_, isAgent := servicetls.NodeOf(id)
 	if isAgent || servicetls.IsService(id, servicetls.Citadel) {
 		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: followerPublish},
+			Publish:   &server.SubjectPermission{Allow: []string{scope.GuardedAPIPrefix() + ".>"}},
 			Subscribe: inbox,
 		}, nil
 	}

@@ -6,6 +6,8 @@ package natsserver
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
 	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/lifecycle"
@@ -32,6 +35,7 @@ type Config struct {
 // Server is a running embedded NATS server.
 type Server struct {
 	ns     *server.Server
+	guard  *nats.Conn
 	logger *slog.Logger
 }
 
@@ -51,6 +55,12 @@ func Start(cfg Config) (*Server, error) {
 	if len(cfg.Publishers) == 0 {
 		cfg.Publishers = []string{servicetls.KMSAdapter}
 	}
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, err
+	}
+	auth := &authenticator{td: cfg.Identity.TrustDomain(), publishers: cfg.Publishers, logger: cfg.Logger,
+		guardToken: base64.RawURLEncoding.EncodeToString(secret)}
 	opts := &server.Options{
 		ServerName: "portcullis-embedded",
 		Host:       host,
@@ -63,7 +73,7 @@ func Start(cfg Config) (*Server, error) {
 		// TLSVerify stays off: ServerTLS verifies any certificate offered, and the authenticator
 		// refuses a client without one by name instead of with a bare TLS alert.
 		TLSTimeout:                 5,
-		CustomClientAuthentication: &authenticator{td: cfg.Identity.TrustDomain(), publishers: cfg.Publishers, logger: cfg.Logger},
+		CustomClientAuthentication: auth,
 		MaxPayload:                 64 * 1024,
 	}
 	ns, err := server.NewServer(opts)
@@ -76,9 +86,15 @@ func Start(cfg Config) (*Server, error) {
 		ns.Shutdown()
 		return nil, fmt.Errorf("embedded nats on %s did not become ready", cfg.Listen)
 	}
+	guard, err := startGuard(ns, auth.guardToken, cfg.Logger.With("component", "nats-guard"))
+	if err != nil {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, err
+	}
 	addr := ns.Addr().String()
 	cfg.Logger.Info(lifecycle.ListeningMsg, "listener", "nats", "addr", addr)
-	return &Server{ns: ns, logger: cfg.Logger}, nil
+	return &Server{ns: ns, guard: guard, logger: cfg.Logger}, nil
 }
 
 // URL is the address clients dial.
@@ -93,18 +109,26 @@ func (s *Server) Run(ctx context.Context) error {
 
 // Shutdown stops the server and waits for it.
 func (s *Server) Shutdown() {
+	s.guard.Close()
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
 }
 
-// Subjects a follower needs to run an ordered consumer on the event stream, and nothing else: it
-// can neither publish events nor change or delete the stream.
-var followerPublish = []string{
-	"$JS.API.INFO",
-	"$JS.API.STREAM.INFO." + events.Stream,
-	"$JS.API.CONSUMER.CREATE." + events.Stream,
-	"$JS.API.CONSUMER.CREATE." + events.Stream + ".>",
-	"$JS.API.CONSUMER.INFO." + events.Stream + ".>",
-	"$JS.API.CONSUMER.DELETE." + events.Stream + ".>",
-	"$JS.API.CONSUMER.MSG.NEXT." + events.Stream + ".>",
+// startGuard connects the guard in process and serves the followers' JetStream API with it.
+func startGuard(ns *server.Server, token string, logger *slog.Logger) (*nats.Conn, error) {
+	nc, err := nats.Connect("", nats.InProcessServer(ns), nats.Token(token), nats.Name("portcullis-guard"),
+		nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: connecting the jetstream guard: %w", err)
+	}
+	g := &guard{logger: logger}
+	if _, err := nc.Subscribe(events.GuardedAPIRoot+".>", func(m *nats.Msg) { g.handle(nc, m) }); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("embedded nats: jetstream guard: %w", err)
+	}
+	if err := nc.Flush(); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("embedded nats: jetstream guard: %w", err)
+	}
+	return nc, nil
 }

@@ -89,9 +89,10 @@ type follower struct {
 	sub *events.Subscriber
 }
 
-func (e *env) follow(ctx context.Context, nc *nats.Conn) *follower {
+// follow connects as id and follows the stream.
+func (e *env) follow(ctx context.Context, s *natsserver.Server, id *servicetls.Identity) *follower {
 	f := &follower{}
-	f.sub = events.NewSubscriber(events.SubscriberConfig{Conn: nc, TrustDomain: td, Logger: e.log,
+	f.sub = events.NewSubscriber(events.SubscriberConfig{Conn: e.connect(s, id), TrustDomain: td, Client: id.ID(), Logger: e.log,
 		Handle: func(_ context.Context, ev *eventsv1.Event) { f.mu.Lock(); f.got = append(f.got, ev); f.mu.Unlock() }})
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
@@ -147,12 +148,14 @@ func TestEventsReachFollowersInOrder(t *testing.T) {
 	pub.Publish(bundleEvent(0)) // creates the stream before anyone follows
 	waitFor(t, "the first event to be stored", func() bool { return pub.Pending() == 0 })
 
-	agent := e.follow(ctx, e.connect(s, e.identity("agent", spiffeid.RequireFromSegments(td, "portcullis", "nodeagent", "node-a"))))
-	citadel := e.follow(ctx, e.connect(s, e.service(servicetls.Citadel)))
+	agent := e.follow(ctx, s, e.identity("agent", spiffeid.RequireFromSegments(td, "portcullis", "nodeagent", "node-a")))
+	// Two citadel replicas share an identity; each must still get every event.
+	citadelID := e.service(servicetls.Citadel)
+	citadel, replica := e.follow(ctx, s, citadelID), e.follow(ctx, s, citadelID)
 	for v := uint64(1); v <= 3; v++ {
 		pub.Publish(bundleEvent(v))
 	}
-	for _, f := range []*follower{agent, citadel} {
+	for _, f := range []*follower{agent, citadel, replica} {
 		waitFor(t, "three events", func() bool { return len(f.versions()) == 3 })
 		if got := f.versions(); got[0] != 1 || got[1] != 2 || got[2] != 3 {
 			t.Errorf("versions %v, want [1 2 3] (followers start at subscription time, in order)", got)
@@ -169,7 +172,7 @@ func TestOnlyKMSAdapterMayPublish(t *testing.T) {
 	pub.Publish(bundleEvent(1))
 	waitFor(t, "the stream", func() bool { return pub.Pending() == 0 })
 	agentID := e.identity("agent", spiffeid.RequireFromSegments(td, "portcullis", "nodeagent", "node-a"))
-	victim := e.follow(ctx, e.connect(s, e.service(servicetls.Citadel)))
+	victim := e.follow(ctx, s, e.service(servicetls.Citadel))
 
 	forger := e.connect(s, agentID)
 	js, err := jetstream.New(forger)
@@ -225,9 +228,15 @@ func TestOutageDelaysButLosesNothing(t *testing.T) {
 	pub := publisher(t, ctx, e, e.connect(s, e.service(servicetls.KMSAdapter)))
 	pub.Publish(bundleEvent(1))
 	waitFor(t, "the stream", func() bool { return pub.Pending() == 0 })
-	f := e.follow(ctx, e.connect(s, e.service(servicetls.Citadel)))
+	// Both kinds of follower, each confined to its own inbox and consumers by the guard.
+	followers := []*follower{
+		e.follow(ctx, s, e.service(servicetls.Citadel)),
+		e.follow(ctx, s, e.identity("agent", spiffeid.RequireFromSegments(td, "portcullis", "nodeagent", "node-a"))),
+	}
 	pub.Publish(bundleEvent(2))
-	waitFor(t, "event 2", func() bool { return len(f.versions()) == 1 })
+	for _, f := range followers {
+		waitFor(t, "event 2", func() bool { return len(f.versions()) == 1 })
+	}
 
 	s.Shutdown()
 	pub.Publish(bundleEvent(3))
@@ -237,9 +246,11 @@ func TestOutageDelaysButLosesNothing(t *testing.T) {
 	}
 	waitForPort(t, addr)
 	e.start(addr)
-	waitFor(t, "events 3 and 4 after the outage", func() bool { return len(f.versions()) == 3 })
-	if got := f.versions(); got[1] != 3 || got[2] != 4 {
-		t.Errorf("versions %v, want [2 3 4]", got)
+	for _, f := range followers {
+		waitFor(t, "events 3 and 4 after the outage", func() bool { return len(f.versions()) == 3 })
+		if got := f.versions(); got[1] != 3 || got[2] != 4 {
+			t.Errorf("versions %v, want [2 3 4]", got)
+		}
 	}
 }
 
