@@ -20,6 +20,11 @@ func parseArgs(fs *flag.FlagSet, args []string, maxArgs int, allowed ...string) 
 		if fs.NArg() == 0 {
 			break
 		}
+		if consumed := len(args) - fs.NArg(); consumed > 0 && args[consumed-1] == "--" {
+			// "--" ends the flags: everything after it is an argument, even "-force".
+			positional = append(positional, fs.Args()...)
+			break
+		}
 		positional = append(positional, fs.Arg(0))
 		args = fs.Args()[1:]
 	}

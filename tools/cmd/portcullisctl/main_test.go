@@ -105,6 +105,7 @@ func TestSubcommandFlagsAfterArguments(t *testing.T) {
 		{[]string{"status"}, &kmsv1.GetCAStatusRequest{}, ""},
 		{[]string{"rotate-ca", "retire", "-force", "now"}, nil, `unexpected arguments ["now"]`},
 		{[]string{"rotate-ca", "retire", "--", "-force"}, nil, `unexpected arguments ["-force"]`},
+		{[]string{"rotate-ca", "--", "retire", "-force"}, nil, `unexpected arguments ["-force"]`},
 		{[]string{"rotate-ca"}, nil, "want prepare, activate or retire"},
 		{[]string{"rotate-ca", "-reason", "x", "retire"}, nil, "rotate-ca does not take -reason"},
 		{[]string{"revoke", id, "-force"}, nil, "revoke does not take -force"},
