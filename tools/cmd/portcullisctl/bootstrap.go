@@ -204,19 +204,7 @@ func (b *bootstrapper) ensureCA(ctx context.Context) (*servicetls.BootstrapCA, e
 	if !apierrors.IsNotFound(err) {
 		return nil, b.explain("get", "secret", name, err)
 	}
-	ca, err := servicetls.NewBootstrapCA(b.td, b.cfg.caValidity)
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, err := ca.KeyPEM()
-	if err != nil {
-		return nil, err
-	}
-	_, err = secrets.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: b.labels()},
-		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{corev1.TLSCertKey: ca.CertPEM(), corev1.TLSPrivateKeyKey: keyPEM},
-	}, metav1.CreateOptions{})
+	ca, err := b.createCA(ctx, name)
 	if apierrors.IsAlreadyExists(err) {
 		return b.ensureCA(ctx) // another run created it meanwhile: use that one
 	}
@@ -225,6 +213,24 @@ func (b *bootstrapper) ensureCA(ctx context.Context) (*servicetls.BootstrapCA, e
 	}
 	b.report("secret/%s: created (CA expires %s)", name, ca.Certificate().NotAfter.UTC().Format(time.RFC3339))
 	return ca, nil
+}
+
+// createCA makes a new CA and stores it in Secret name; the API server's error is returned as is.
+func (b *bootstrapper) createCA(ctx context.Context, name string) (*servicetls.BootstrapCA, error) {
+	ca, err := servicetls.NewBootstrapCA(b.td, b.cfg.caValidity)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := ca.KeyPEM()
+	if err != nil {
+		return nil, err
+	}
+	_, err = b.client.CoreV1().Secrets(b.cfg.namespace).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: b.labels()},
+		Type:       corev1.SecretTypeTLS,
+		Data:       map[string][]byte{corev1.TLSCertKey: ca.CertPEM(), corev1.TLSPrivateKeyKey: keyPEM},
+	}, metav1.CreateOptions{})
+	return ca, err
 }
 
 // ensureBundle makes the public ConfigMap hold the trusted CAs (the current one first, then a

@@ -50,19 +50,7 @@ func (b *bootstrapper) nextCA(ctx context.Context, create bool) (*servicetls.Boo
 	case !create:
 		return nil, nil
 	}
-	ca, err := servicetls.NewBootstrapCA(b.td, b.cfg.caValidity)
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, err := ca.KeyPEM()
-	if err != nil {
-		return nil, err
-	}
-	_, err = secrets.Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: b.labels()},
-		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{corev1.TLSCertKey: ca.CertPEM(), corev1.TLSPrivateKeyKey: keyPEM},
-	}, metav1.CreateOptions{})
+	ca, err := b.createCA(ctx, name)
 	if err != nil {
 		return nil, b.explain("create", "secret", name, err)
 	}
