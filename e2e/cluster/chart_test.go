@@ -46,6 +46,7 @@ func TestChartLifecycle(t *testing.T) {
 		{"workload pods get SVIDs over SDS and complete mTLS", func(t *testing.T) { alpha, beta = workloads(ctx, t, c) }},
 		{"impostors are refused", func(t *testing.T) { impostors(ctx, t, c) }},
 		{"components at idle", func(t *testing.T) { idleMemory(ctx, t, c) }},
+		{"the renewal CronJob runs with its own least-privilege role", func(t *testing.T) { renewalJob(ctx, t, c) }},
 		{"root rotation through the CLI reaches the running pods", func(t *testing.T) { rotateRoot(ctx, t, c, alpha, beta) }},
 		{"upgrade rolls the components and the pods get certificates again", func(t *testing.T) { upgrade(ctx, t, c, alpha, beta) }},
 		{"uninstall removes everything but the CRDs and the CA's claim", func(t *testing.T) { uninstall(ctx, t, c) }},
@@ -208,6 +209,23 @@ func rotateRoot(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha
 		})
 	}
 	mutualHandshake(ctx, t, alpha, beta, idAlpha, idBeta)
+}
+
+// renewalJob runs the chart's certificate-renewal CronJob once, as its schedule would: with
+// certificates fresh from the install it keeps everything, within the Role that lets it only
+// read and update the release's objects.
+func renewalJob(ctx context.Context, t *testing.T, c kubernetes.Interface) {
+	cj, err := c.BatchV1().CronJobs(releaseNS).Get(ctx, release+"-bootstrap-renew", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	job := &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "renew-now", Namespace: releaseNS}, Spec: cj.Spec.JobTemplate.Spec}
+	out := jobOutput(ctx, t, c, job)
+	for _, want := range []string{"secret/" + release + "-control-plane-ca: kept", "secret/" + release + "-citadel-tls: kept"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("renewal job output lacks %q:\n%s", want, out)
+		}
+	}
 }
 
 func upgrade(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha, beta *probe) {
