@@ -25,11 +25,13 @@ while IFS=: read -r file name; do
     failed=1
   fi
   # The last progress line carries the totals: "elapsed: 60s, execs: 123456 (2057/sec), ..."
-  execs=$(grep -o 'execs: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+  # (A short run may print no progress or no "new interesting" line: || true, or set -e would
+  # end the script there, silently.)
+  execs=$(grep -o 'execs: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
   # elapsed is "57s" or "4m0s"; in seconds:
   elapsed=$(grep -Eo 'elapsed: ([0-9]+h)?([0-9]+m)?[0-9]+s' "$log" | tail -1 | cut -d' ' -f2 |
-    awk -F'[hms]' '{ if (NF == 4) print $1*3600 + $2*60 + $3; else if (NF == 3) print $1*60 + $2; else print $1 }')
-  interesting=$(grep -o 'total: [0-9]*' "$log" | tail -1 | cut -d' ' -f2)
+    awk -F'[hms]' '{ if (NF == 4) print $1*3600 + $2*60 + $3; else if (NF == 3) print $1*60 + $2; else print $1 }' || true)
+  interesting=$(grep -o 'total: [0-9]*' "$log" | tail -1 | cut -d' ' -f2 || true)
   rate="-"
   if [ -n "${execs:-}" ] && [ -n "${elapsed:-}" ] && [ "$elapsed" -gt 0 ]; then
     rate=$(( execs / elapsed ))
