@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 )
 
 // appVersion is the chart's appVersion: the tag `go tool task images` gives the images.
@@ -121,7 +122,7 @@ func impostors(ctx context.Context, t *testing.T, c kubernetes.Interface) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.CoreV1().Pods(appsNS).Delete(ctx, ghost.name, metav1.DeleteOptions{GracePeriodSeconds: ptr(int64(0))}); err != nil {
+	if err := c.CoreV1().Pods(appsNS).Delete(ctx, ghost.name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, time.Minute, "ghost pod gone", func() error {
@@ -162,11 +163,11 @@ func adminJob(name string, args ...string) *batchv1.Job {
 	return &batchv1.Job{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: releaseNS},
 		Spec: batchv1.JobSpec{
-			BackoffLimit: ptr(int32(0)),
+			BackoffLimit: ptr.To(int32(0)),
 			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{
 				RestartPolicy:                corev1.RestartPolicyNever,
-				AutomountServiceAccountToken: ptr(false),
-				SecurityContext:              &corev1.PodSecurityContext{RunAsUser: ptr(int64(65532)), RunAsGroup: ptr(int64(65532)), FSGroup: ptr(int64(65532)), RunAsNonRoot: ptr(true)},
+				AutomountServiceAccountToken: ptr.To(false),
+				SecurityContext:              &corev1.PodSecurityContext{RunAsUser: ptr.To(int64(65532)), RunAsGroup: ptr.To(int64(65532)), FSGroup: ptr.To(int64(65532)), RunAsNonRoot: ptr.To(true)},
 				Containers: []corev1.Container{{
 					Name: "portcullisctl", Image: image("portcullisctl"), ImagePullPolicy: corev1.PullNever,
 					Args:         append(base, args...),

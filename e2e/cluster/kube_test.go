@@ -1,11 +1,9 @@
 package cluster_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"os/exec"
-	"strings"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,6 +13,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/portcullis-mesh/portcullis/tools/chartcheck"
 )
 
 // releaseNS is where the chart is installed; appsNS holds the test workloads.
@@ -29,19 +29,12 @@ func client(t *testing.T) kubernetes.Interface {
 	return cluster(t).Client()
 }
 
-// helm runs the helm binary against the cluster and returns its combined output.
+// helm runs the helm binary against the cluster, with its homes in the test's scratch directory.
 func helm(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, suite.helm, args...)
-	cmd.Env = append(cmd.Environ(), "KUBECONFIG="+suite.cluster.Kubeconfig(),
-		"HELM_CACHE_HOME="+suite.dir+"/helm/cache", "HELM_CONFIG_HOME="+suite.dir+"/helm/config",
-		"HELM_DATA_HOME="+suite.dir+"/helm/data")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	if err != nil {
-		return out.String(), fmt.Errorf("helm %s: %w\n%s", strings.Join(args, " "), err, out.String())
-	}
-	return out.String(), nil
+	h := chartcheck.Helm{Bin: suite.helm, Home: filepath.Join(suite.dir, "helm"),
+		Env: []string{"KUBECONFIG=" + suite.cluster.Kubeconfig()}}
+	out, err := h.Run(ctx, args...)
+	return string(out), err
 }
 
 // eventually polls cond every 250 ms until it returns nil or the timeout passes, then fails

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/portcullis-mesh/portcullis/libs/workspace"
+	"github.com/portcullis-mesh/portcullis/tools/chartcheck"
 	"github.com/portcullis-mesh/portcullis/tools/kubecluster"
 )
 
@@ -39,7 +40,7 @@ func setup() (kubecluster.Options, error) {
 	if err != nil {
 		return kubecluster.Options{}, err
 	}
-	if suite.helm, err = helmBinary(root); err != nil {
+	if suite.helm, err = chartcheck.HelmBinary(); err != nil {
 		return kubecluster.Options{}, err
 	}
 	images, err := imageArchives(root)
@@ -64,18 +65,6 @@ func cluster(t *testing.T) *kubecluster.Cluster {
 		}
 	}
 	return suite.cluster
-}
-
-// helmBinary is $PORTCULLIS_HELM, else the helm that `go tool task helm` builds.
-func helmBinary(root string) (string, error) {
-	p := os.Getenv("PORTCULLIS_HELM")
-	if p == "" {
-		p = filepath.Join(root, ".cache", "bin", "helm")
-	}
-	if info, err := os.Stat(p); err != nil || info.Mode()&0o111 == 0 {
-		return "", fmt.Errorf("helm: %s is not an executable; run `go tool task helm` (or set $PORTCULLIS_HELM)", p)
-	}
-	return p, nil
 }
 
 // componentImages are the archives the chart and this suite need, as `go tool task images` names them.

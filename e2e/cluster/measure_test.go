@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 )
 
 // adminPorts are the components' /metrics ports.
@@ -80,7 +81,7 @@ type authnTokenRequest struct {
 func (r authnTokenRequest) request() *authnv1.TokenRequest {
 	return &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
 		Audiences:         []string{"portcullis"},
-		ExpirationSeconds: ptr(int64(3600)),
+		ExpirationSeconds: ptr.To(int64(3600)),
 		BoundObjectRef:    &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: r.pod, UID: r.uid},
 	}}
 }

@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
 )
 
 // A probe is a workload pod running tools/cmd/sdsprobe: it gets its SVID over SDS from the node
@@ -56,7 +57,7 @@ func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec 
 		args = append(args, "-resource="+spec.resource)
 	}
 	token := corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
-		ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", Audience: "portcullis", ExpirationSeconds: ptr(int64(3600))},
+		ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", Audience: "portcullis", ExpirationSeconds: ptr.To(int64(3600))},
 	}}}}
 	if spec.tokenSecret != "" {
 		token = corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: spec.tokenSecret}}
@@ -66,16 +67,16 @@ func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec 
 		ObjectMeta: metav1.ObjectMeta{Name: spec.name, Namespace: appsNS, Labels: map[string]string{"app": "sdsprobe"}},
 		Spec: corev1.PodSpec{
 			ServiceAccountName:           spec.serviceAccount,
-			AutomountServiceAccountToken: ptr(false),
+			AutomountServiceAccountToken: ptr.To(false),
 			SecurityContext: &corev1.PodSecurityContext{
-				RunAsUser: ptr(int64(65532)), RunAsGroup: ptr(int64(65532)), RunAsNonRoot: ptr(true),
+				RunAsUser: ptr.To(int64(65532)), RunAsGroup: ptr.To(int64(65532)), RunAsNonRoot: ptr.To(true),
 				SupplementalGroups: []int64{1337}, // the socket's group (nodeagent.socketGroup)
 				SeccompProfile:     &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
 			},
 			Containers: []corev1.Container{{
 				Name: "sdsprobe", Image: image("sdsprobe"), ImagePullPolicy: corev1.PullNever, Args: args,
 				SecurityContext: &corev1.SecurityContext{
-					AllowPrivilegeEscalation: ptr(false), ReadOnlyRootFilesystem: ptr(true),
+					AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
 					Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 				},
 				VolumeMounts: []corev1.VolumeMount{
@@ -165,4 +166,3 @@ func mutualHandshake(ctx context.Context, t *testing.T, a, b *probe, idA, idB st
 	}
 }
 
-func ptr[T any](v T) *T { return &v }

@@ -79,6 +79,7 @@ func isExecutable(p string) error {
 type Helm struct {
 	Bin  string
 	Home string
+	Env  []string // more environment, e.g. KUBECONFIG=… for commands that reach a cluster
 }
 
 // Values are what one rendering is given: values files, then --set pairs (path=value).
@@ -112,6 +113,10 @@ func (h Helm) Template(ctx context.Context, chart, release, namespace string, v 
 	return h.run(ctx, args)
 }
 
+// Run runs any helm command (install, upgrade, uninstall…) and returns its standard output; the
+// error carries everything helm printed.
+func (h Helm) Run(ctx context.Context, args ...string) ([]byte, error) { return h.run(ctx, args) }
+
 func (h Helm) run(ctx context.Context, args []string) ([]byte, error) {
 	cmd := exec.CommandContext(ctx, h.Bin, args...)
 	cmd.Env = append(os.Environ(),
@@ -119,6 +124,7 @@ func (h Helm) run(ctx context.Context, args []string) ([]byte, error) {
 		"HELM_CACHE_HOME="+filepath.Join(h.Home, "cache"),
 		"HELM_DATA_HOME="+filepath.Join(h.Home, "data"),
 	)
+	cmd.Env = append(cmd.Env, h.Env...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
