@@ -165,4 +165,3 @@ func mutualHandshake(ctx context.Context, t *testing.T, a, b *probe, idA, idB st
 		}
 	}
 }
-
