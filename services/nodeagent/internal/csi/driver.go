@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
@@ -96,6 +97,9 @@ type volume struct {
 	open  bool
 }
 
+// maxSocketPath is the longest path a Unix socket can be bound at (sun_path less its NUL).
+const maxSocketPath = 107
+
 var driverName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 
 // New checks cfg; nothing is started.
@@ -116,6 +120,10 @@ func New(cfg Config) (*Driver, error) {
 		if !filepath.IsAbs(p.path) {
 			errs = append(errs, fmt.Errorf("CSI %s %q: want an absolute path", p.name, p.path))
 		}
+	}
+	// A Unix socket path holds at most 107 bytes; the longest pod UID is 36 characters.
+	if n := len(filepath.Join(cfg.StateDir, podsDir, strings.Repeat("u", 36), socketDir, SocketName)); n > maxSocketPath {
+		errs = append(errs, fmt.Errorf("CSI state directory %q is too long: its pods' socket paths would be %d bytes, more than the %d a Unix socket allows", cfg.StateDir, n, maxSocketPath))
 	}
 	if cfg.Publisher == nil {
 		errs = append(errs, errors.New("CSI driver: a Publisher is required"))
