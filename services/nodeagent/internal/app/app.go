@@ -140,6 +140,10 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 	secretv3.RegisterSecretDiscoveryServiceServer(srv, sdsServer)
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
+	_, csiReady, err := a.startCSI(ctx, g, srv) // TODO(lead): per-pod socket callers are their pod
+	if err != nil {
+		return err
+	}
 
 	ready := func() error {
 		select {
@@ -150,7 +154,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		if _, err := manager.Roots(ctx); err != nil {
 			return err
 		}
-		return nil
+		return csiReady()
 	}
 	readyCheck.set(ready)
 	g.Go(func() error {

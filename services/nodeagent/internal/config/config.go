@@ -54,6 +54,7 @@ type Config struct {
 	BundleJitter  time.Duration
 	RotateJitter  time.Duration
 	Attest        Attest
+	CSI           CSI
 }
 
 // SDSLimits bound the streams on the SDS socket (see package sdslimits).
@@ -81,6 +82,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", 30*time.Second, "trust bundle poll interval")
 	c.TLS.RegisterFlags(fs)
 	c.Attest.RegisterFlags(fs)
+	c.CSI.RegisterFlags(fs)
 	c.NATS.RegisterFlags(fs)
 	fs.DurationVar(&c.BundleJitter, "bundle-jitter", 250*time.Millisecond, "spread of trust bundle refetches after a bundle event, so a fleet does not reach citadel at once")
 	fs.DurationVar(&c.RotateJitter, "rotate-jitter", 2*time.Minute, "spread of re-issues after a CA activation or a forced rotation (revocations are acted on at once)")
@@ -122,7 +124,7 @@ func (c *Config) Validate() error {
 	if c.BundleRefresh < time.Second {
 		errs = append(errs, errors.New("-bundle-refresh must be at least 1s"))
 	}
-	errs = append(errs, c.validateTLS(), c.NATS.Validate())
+	errs = append(errs, c.validateTLS(), c.NATS.Validate(), c.CSI.Validate())
 	if c.BundleJitter < 0 || c.RotateJitter < 0 {
 		errs = append(errs, fmt.Errorf("-bundle-jitter (%s) and -rotate-jitter (%s) must not be negative", c.BundleJitter, c.RotateJitter))
 	}
