@@ -23,6 +23,12 @@ var rootOK = chartcheck.RootException{
 	"DaemonSet/portcullis-nodeagent": "creates its socket in the root-owned hostPath directory the kubelet makes; no capabilities",
 }
 
+// privilegedOK are the chart's containers that run privileged, and why.
+var privilegedOK = chartcheck.PrivilegedException{
+	"DaemonSet/portcullis-nodeagent/nodeagent": "the CSI driver (nodeagent.csi.enabled) bind-mounts pods' sockets into the kubelet's pods directory: " +
+		"Kubernetes allows mountPropagation Bidirectional only to privileged containers",
+}
+
 var (
 	validatorOnce sync.Once
 	validator     *chartcheck.Validator
@@ -105,7 +111,7 @@ func TestChartLintsRendersAndValidatesForEveryValuesFile(t *testing.T) {
 			if err != nil {
 				t.Fatalf("kubeconform -strict against Kubernetes %s and the chart's CRDs: %v", chartcheck.KubeVersion, err)
 			}
-			problems, err := chartcheck.CheckPodSecurity(manifests, rootOK)
+			problems, err := chartcheck.CheckPodSecurity(manifests, rootOK, privilegedOK)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -293,5 +299,43 @@ func write(t *testing.T, path, content string) {
 	}
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A privileged exception names one container, and waives only the checks privilege makes moot.
+func TestPrivilegedExceptionIsPerContainer(t *testing.T) {
+	manifests := `apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {a: b}}
+  template:
+    metadata: {labels: {a: b}}
+    spec:
+      securityContext:
+        runAsNonRoot: true
+        seccompProfile: {type: RuntimeDefault}
+      containers:
+        - name: csi
+          image: x
+          securityContext: {privileged: true}
+          resources: {requests: {cpu: 10m, memory: 16Mi}}
+        - name: other
+          image: x
+          securityContext: {privileged: true, readOnlyRootFilesystem: true}
+          resources: {requests: {cpu: 10m, memory: 16Mi}}
+`
+	problems, err := chartcheck.CheckPodSecurity([]byte(manifests), nil, chartcheck.PrivilegedException{"DaemonSet/agent/csi": "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"DaemonSet/agent: container csi: readOnlyRootFilesystem is not true",
+		"DaemonSet/agent: container other: allowPrivilegeEscalation is not false",
+		"DaemonSet/agent: container other: is privileged",
+		"DaemonSet/agent: container other: does not drop ALL capabilities",
+	}
+	if !slices.Equal(problems, want) {
+		t.Fatalf("problems:\n%s\nwant:\n%s", strings.Join(problems, "\n"), strings.Join(want, "\n"))
 	}
 }

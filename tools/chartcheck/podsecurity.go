@@ -18,12 +18,19 @@ import (
 // RootException lets one workload ("Kind/name") run as root, for the reason given.
 type RootException map[string]string
 
+// PrivilegedException lets one container ("Kind/name/container") run privileged, for the reason
+// given. Its privilege-escalation and capability checks are skipped (a privileged container has
+// every capability whatever it drops, and Kubernetes refuses allowPrivilegeEscalation: false
+// with privileged: true); every other check still applies.
+type PrivilegedException map[string]string
+
 // CheckPodSecurity applies the chart's security defaults to every pod template in a stream of
 // rendered manifests and returns what breaks them: every container with a read-only root
 // filesystem, no privilege escalation, every capability dropped and none added, not privileged,
 // CPU and memory requests; every pod with the RuntimeDefault (or a Localhost) seccomp profile,
-// none of the host's namespaces, and runAsNonRoot unless rootOK names it.
-func CheckPodSecurity(manifests []byte, rootOK RootException) ([]string, error) {
+// none of the host's namespaces, and runAsNonRoot unless rootOK names it; a container that
+// privilegedOK names may be privileged.
+func CheckPodSecurity(manifests []byte, rootOK RootException, privilegedOK ...PrivilegedException) ([]string, error) {
 	var problems []string
 	docs := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(manifests)))
 	for {
@@ -41,7 +48,15 @@ func CheckPodSecurity(manifests []byte, rootOK RootException) ([]string, error) 
 		if spec == nil {
 			continue
 		}
-		for _, p := range checkPod(spec, rootOK[id] != "") {
+		privileged := func(container string) bool {
+			for _, e := range privilegedOK {
+				if e[id+"/"+container] != "" {
+					return true
+				}
+			}
+			return false
+		}
+		for _, p := range checkPod(spec, rootOK[id] != "", privileged) {
 			problems = append(problems, id+": "+p)
 		}
 	}
@@ -93,7 +108,7 @@ func podSpecOf(raw []byte) (string, *corev1.PodSpec, error) {
 	return id, spec, nil
 }
 
-func checkPod(spec *corev1.PodSpec, rootOK bool) []string {
+func checkPod(spec *corev1.PodSpec, rootOK bool, privilegedOK func(container string) bool) []string {
 	var problems []string
 	if spec.HostNetwork || spec.HostPID || spec.HostIPC {
 		problems = append(problems, "uses a host namespace (hostNetwork, hostPID or hostIPC)")
@@ -112,16 +127,18 @@ func checkPod(spec *corev1.PodSpec, rootOK bool) []string {
 		if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 			problems = append(problems, where+"readOnlyRootFilesystem is not true")
 		}
-		if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
-			problems = append(problems, where+"allowPrivilegeEscalation is not false")
-		}
-		if sc.Privileged != nil && *sc.Privileged {
-			problems = append(problems, where+"is privileged")
-		}
-		if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
-			problems = append(problems, where+"does not drop ALL capabilities")
-		} else if len(sc.Capabilities.Add) > 0 {
-			problems = append(problems, fmt.Sprintf("%sadds capabilities %v", where, sc.Capabilities.Add))
+		if !privilegedOK(c.Name) {
+			if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+				problems = append(problems, where+"allowPrivilegeEscalation is not false")
+			}
+			if sc.Privileged != nil && *sc.Privileged {
+				problems = append(problems, where+"is privileged")
+			}
+			if sc.Capabilities == nil || !slices.Contains(sc.Capabilities.Drop, "ALL") {
+				problems = append(problems, where+"does not drop ALL capabilities")
+			} else if len(sc.Capabilities.Add) > 0 {
+				problems = append(problems, fmt.Sprintf("%sadds capabilities %v", where, sc.Capabilities.Add))
+			}
 		}
 		if !seccompConfined(sc.SeccompProfile, podSC.SeccompProfile) {
 			problems = append(problems, where+"has no RuntimeDefault or Localhost seccomp profile")
