@@ -38,18 +38,21 @@ func TestChartLifecycle(t *testing.T) {
 	defer cancel()
 	c := client(t)
 	dumpOnFailure(t, c)
-	var alpha, beta *probe
+	var alpha, beta, delta *probe
 	steps := []struct {
 		name string
 		run  func(t *testing.T)
 	}{
 		{"install brings every component to Ready", func(t *testing.T) { install(ctx, t, c) }},
 		{"workload pods get SVIDs over SDS and complete mTLS", func(t *testing.T) { alpha, beta = workloads(ctx, t, c) }},
+		{"a pod under Pod Security restricted gets its SVID through its CSI socket", func(t *testing.T) { delta = csiWorkload(ctx, t, c) }},
 		{"impostors are refused", func(t *testing.T) { impostors(ctx, t, c) }},
 		{"components at idle", func(t *testing.T) { idleMemory(ctx, t, c) }},
 		{"the renewal CronJob runs with its own least-privilege role", func(t *testing.T) { renewalJob(ctx, t, c) }},
+		{"what the CSI volume adds to pod start-up", func(t *testing.T) { csiStartupCost(ctx, t, c) }},
 		{"root rotation through the CLI reaches the running pods", func(t *testing.T) { rotateRoot(ctx, t, c, alpha, beta) }},
-		{"upgrade rolls the components and the pods get certificates again", func(t *testing.T) { upgrade(ctx, t, c, alpha, beta) }},
+		{"upgrade rolls the components and the pods get certificates again", func(t *testing.T) { upgrade(ctx, t, c, alpha, beta, delta) }},
+		{"deleting the CSI pod removes its socket", func(t *testing.T) { csiPodDeleted(ctx, t, c, delta) }},
 		{"uninstall removes everything but the CRDs and the CA's claim", func(t *testing.T) { uninstall(ctx, t, c) }},
 	}
 	for _, s := range steps {
@@ -229,10 +232,12 @@ func renewalJob(ctx context.Context, t *testing.T, c kubernetes.Interface) {
 	}
 }
 
-func upgrade(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha, beta *probe) {
+// upgrade: the hostPath probes (alpha, beta) and the CSI one (delta, whose socket the new agent
+// must listen on again) reconnect to the new agent.
+func upgrade(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha, beta, delta *probe) {
 	before := podUIDs(ctx, t, c)
 	statusBefore := map[*probe]probeStatus{}
-	for _, p := range []*probe{alpha, beta} {
+	for _, p := range []*probe{alpha, beta, delta} {
 		st, err := p.status(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -259,8 +264,8 @@ func upgrade(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha, b
 	})
 	// The workloads were not restarted: the same pods, no container restart, and they hold
 	// certificates again (the new agent made new keys) on reopened streams.
-	for _, p := range []*probe{alpha, beta} {
-		pod, err := c.CoreV1().Pods(appsNS).Get(ctx, p.name, metav1.GetOptions{})
+	for _, p := range []*probe{alpha, beta, delta} {
+		pod, err := c.CoreV1().Pods(p.ns).Get(ctx, p.name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -314,6 +319,8 @@ func uninstall(ctx context.Context, t *testing.T, c kubernetes.Interface) {
 	}
 	_, err := c.RbacV1().ClusterRoles().Get(ctx, release+"-mcp-sync", metav1.GetOptions{})
 	absent(t, "ClusterRole "+release+"-mcp-sync", err)
+	_, err = c.StorageV1().CSIDrivers().Get(ctx, csiDriver, metav1.GetOptions{})
+	absent(t, "CSIDriver "+csiDriver, err)
 	_, err = c.RbacV1().ClusterRoleBindings().Get(ctx, release+"-mcp-sync", metav1.GetOptions{})
 	absent(t, "ClusterRoleBinding "+release+"-mcp-sync", err)
 

@@ -187,7 +187,7 @@ func dumpOnFailure(t *testing.T, c kubernetes.Interface) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		for _, ns := range []string{releaseNS, appsNS} {
+		for _, ns := range []string{releaseNS, appsNS, restrictedNS} {
 			pods, err := c.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 			if err != nil {
 				t.Logf("listing pods in %s: %v", ns, err)

@@ -23,6 +23,7 @@ import (
 type probe struct {
 	ns, name string
 	ip       string
+	uid      string
 }
 
 // probeStatus is sdsprobe's GET /status.
@@ -46,8 +47,10 @@ type handshake struct {
 // its token comes from (the kubelet's projection by default, or a Secret the test made).
 type probeSpec struct {
 	name, serviceAccount string
+	namespace            string // empty: appsNS
 	resource             string // empty: default
 	tokenSecret          string // empty: a projected token with the audience portcullis
+	csi                  bool   // the socket from the agent's CSI driver (a socket of the pod's own), not the node's hostPath
 }
 
 func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec probeSpec) *probe {
@@ -62,9 +65,17 @@ func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec 
 	if spec.tokenSecret != "" {
 		token = corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: spec.tokenSecret}}
 	}
+	ns := spec.namespace
+	if ns == "" {
+		ns = appsNS
+	}
 	hostPathType := corev1.HostPathDirectory
+	sds := corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: socketDir, Type: &hostPathType}}
+	if spec.csi {
+		sds = corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: csiDriver, ReadOnly: ptr.To(true)}}
+	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: spec.name, Namespace: appsNS, Labels: map[string]string{"app": "sdsprobe"}},
+		ObjectMeta: metav1.ObjectMeta{Name: spec.name, Namespace: ns, Labels: map[string]string{"app": "sdsprobe"}},
 		Spec: corev1.PodSpec{
 			ServiceAccountName:           spec.serviceAccount,
 			AutomountServiceAccountToken: ptr.To(false),
@@ -85,16 +96,16 @@ func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec 
 				},
 			}},
 			Volumes: []corev1.Volume{
-				{Name: "sds", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: socketDir, Type: &hostPathType}}},
+				{Name: "sds", VolumeSource: sds},
 				{Name: "token", VolumeSource: token},
 			},
 		},
 	}
-	if _, err := c.CoreV1().Pods(appsNS).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+	if _, err := c.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating probe %s: %v", spec.name, err)
 	}
-	p := runningPod(ctx, t, c, appsNS, spec.name)
-	return &probe{ns: appsNS, name: spec.name, ip: p.Status.PodIP}
+	p := runningPod(ctx, t, c, ns, spec.name)
+	return &probe{ns: ns, name: spec.name, ip: p.Status.PodIP, uid: string(p.UID)}
 }
 
 // tlsAddr is the probe's mTLS address, for another probe to dial.
