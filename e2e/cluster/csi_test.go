@@ -88,9 +88,11 @@ func csiPodDeleted(ctx context.Context, t *testing.T, c kubernetes.Interface, p 
 
 // csiStartupCost measures what the CSI volume adds to a pod's start: the same restricted pod
 // with and without it, created one at a time in turns, from create to Running as a watch sees
-// it; and NodePublishVolume itself, as the agent logs it.
+// it; and NodePublishVolume itself, as the agent logs it. The kubelet reports a pod Running at
+// its next PLEG relist (every second), so the first figure mostly shows whether the volume
+// makes a pod miss a relist.
 func csiStartupCost(ctx context.Context, t *testing.T, c kubernetes.Interface) {
-	const rounds = 5
+	const rounds = 8
 	var plain, withCSI []time.Duration
 	for i := range rounds {
 		for _, csi := range []bool{false, true} {

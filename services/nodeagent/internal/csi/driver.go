@@ -48,8 +48,8 @@ type PodInfo struct {
 //
 // The driver calls it from one goroutine at a time. OpenPodSocket is given a path where no file
 // exists (a stale socket of a previous run is removed first); it must be listening when it
-// returns, and set the socket's mode itself if it wants other than 0666 (the pod's processes may
-// run as any uid). ClosePodSocket is called once for each successful OpenPodSocket, also for a
+// returns, on a socket the pod's processes can connect to whatever their uid (mode 0666: the
+// directories above it keep everyone but the pod and root out). ClosePodSocket is called once for each successful OpenPodSocket, also for a
 // UID whose socket is already closed, and must then return nil.
 type Publisher interface {
 	OpenPodSocket(pod PodInfo, socketPath string) error
@@ -274,7 +274,8 @@ func (d *Driver) closeSocket(v *volume) error {
 	return nil
 }
 
-// listenUnix listens on path, creating its directory (0750) and replacing a stale socket.
+// listenUnix listens on path (mode 0600), creating its directory (0750) and replacing a stale
+// socket.
 func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("creating socket directory: %w", err)
@@ -285,6 +286,11 @@ func listenUnix(path string) (net.Listener, error) {
 	lis, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	// Only the kubelet (root) calls these sockets.
+	if err := os.Chmod(path, 0o600); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("setting socket mode: %w", err)
 	}
 	return lis, nil
 }

@@ -17,6 +17,7 @@ import (
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 )
@@ -178,8 +179,12 @@ func startDriver(t *testing.T, dir string) *harness {
 
 func dialUnix(t *testing.T, path string) *grpc.ClientConn {
 	t.Helper()
+	// Run listens in its goroutine: the first dial may come before the socket exists, and the
+	// default backoff would wait a second before the next.
+	backoffCfg := backoff.DefaultConfig
+	backoffCfg.BaseDelay = 10 * time.Millisecond
 	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)))
+		grpc.WithDefaultCallOptions(grpc.WaitForReady(true)), grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoffCfg}))
 	if err != nil {
 		t.Fatal(err)
 	}

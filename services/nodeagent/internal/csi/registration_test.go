@@ -1,6 +1,7 @@
 package csi
 
 import (
+	"os"
 	"strings"
 	"testing"
 
@@ -19,6 +20,11 @@ func TestRegistrationHandshake(t *testing.T) {
 	if info.Type != registerapi.CSIPlugin || info.Name != DefaultDriverName || info.Endpoint != h.driver.cfg.Endpoint ||
 		len(info.SupportedVersions) != 1 || info.SupportedVersions[0] != "1.0.0" {
 		t.Errorf("GetInfo = %+v", info)
+	}
+	for _, sock := range []string{h.driver.RegistrationSocket(), h.driver.cfg.Endpoint} {
+		if fi, err := os.Stat(sock); err != nil || fi.Mode() != os.ModeSocket|0o600 {
+			t.Errorf("%s: %v (%v), want a socket only root can call", sock, fi.Mode(), err)
+		}
 	}
 	if err := h.driver.Ready(); err == nil || !strings.Contains(err.Error(), "not registered") {
 		t.Errorf("Ready before registration = %v, want an error", err)
