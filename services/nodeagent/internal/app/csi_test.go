@@ -1,0 +1,100 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
+
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/csi"
+)
+
+// The agent's gRPC server answers on every pod's socket, and a handler knows the pod from the
+// connection's local address: the way per-pod socket callers are identified.
+func TestPodSocketsServeAndNameThePod(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	var (
+		mu   sync.Mutex
+		seen []csi.PodInfo
+	)
+	var sockets *podSockets
+	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		p, _ := peer.FromContext(ctx)
+		pod, ok := sockets.Pod(p.LocalAddr.String())
+		if !ok {
+			t.Errorf("no pod for local address %q", p.LocalAddr)
+		}
+		mu.Lock()
+		seen = append(seen, pod)
+		mu.Unlock()
+		return h(ctx, req)
+	}))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	defer srv.Stop()
+	sockets = &podSockets{srv: srv, log: slog.New(slog.DiscardHandler), byUID: map[string]podSocket{}}
+
+	dir := t.TempDir()
+	pods := []csi.PodInfo{
+		{Namespace: "shop", Name: "web-0", UID: "0b4f6f2e-5d1c-4e0a-9d55-0c1f6a7e9b01", ServiceAccount: "web"},
+		{Namespace: "shop", Name: "cart-0", UID: "7c9e6679-7425-40de-944b-e07fc1f90ae7", ServiceAccount: "cart"},
+	}
+	paths := make([]string, len(pods))
+	for i, pod := range pods {
+		paths[i] = filepath.Join(dir, pod.Name+".sock")
+		if err := sockets.OpenPodSocket(pod, paths[i]); err != nil {
+			t.Fatal(err)
+		}
+		if fi, err := os.Stat(paths[i]); err != nil || fi.Mode().Perm() != 0o666 {
+			t.Fatalf("%s: %v (%v), want mode 0666", paths[i], fi.Mode(), err)
+		}
+	}
+	for i, path := range paths {
+		if err := healthCheck(path); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		got := seen[len(seen)-1]
+		mu.Unlock()
+		if got != pods[i] {
+			t.Errorf("call on %s: handler saw %+v, want %+v", path, got, pods[i])
+		}
+	}
+
+	if err := sockets.ClosePodSocket(pods[0].UID); err != nil {
+		t.Fatal(err)
+	}
+	if err := sockets.ClosePodSocket(pods[0].UID); err != nil { // closed already: nil
+		t.Fatal(err)
+	}
+	if err := healthCheck(paths[0]); err == nil {
+		t.Error("a closed pod socket still answers")
+	}
+	if _, ok := sockets.Pod(paths[0]); ok {
+		t.Error("Pod still knows the closed socket")
+	}
+	if err := healthCheck(paths[1]); err != nil {
+		t.Errorf("the other pod's socket after a close: %v", err)
+	}
+}
+
+func healthCheck(path string) error {
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+	return err
+}
