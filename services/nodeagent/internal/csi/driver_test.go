@@ -77,9 +77,7 @@ func TestPublishedSocketIsReadOnlyButConnectable(t *testing.T) {
 	h := startDriver(t, shortTempDir(t))
 	ctx := rpcContext(t)
 	target := h.targetPath(uidA)
-	req := publishRequest(uidA, target)
-	req.Readonly = false // read-only whatever the pod asked
-	if _, err := h.node.NodePublishVolume(ctx, req); err != nil {
+	if _, err := h.node.NodePublishVolume(ctx, publishRequest(uidA, target)); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(target, "planted"), nil, 0o644); !errors.Is(err, unix.EROFS) {
@@ -153,6 +151,7 @@ func TestPublishRefusesBadRequests(t *testing.T) {
 		}, "access mode MULTI_NODE_MULTI_WRITER refused"},
 		{"relative target", func(r *csipb.NodePublishVolumeRequest) { r.TargetPath = "pods/x/mount" }, "not a clean absolute path"},
 		{"no volume id", func(r *csipb.NodePublishVolumeRequest) { r.VolumeId = "" }, "volume_id is missing"},
+		{"read-write", func(r *csipb.NodePublishVolumeRequest) { r.Readonly = false }, "set readOnly: true in the pod's volumes[].csi"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

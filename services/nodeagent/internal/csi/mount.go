@@ -15,7 +15,10 @@ import (
 // read-only mount still lets a pod connect to the socket in it: connect(2) needs write
 // permission on the socket inode, which a read-only mount does not take away (only regular
 // files, directories and symlinks are refused writes there), while the pod can neither replace
-// the socket nor fill the directory. TestPublishedSocketIsReadOnlyButConnectable checks both.
+// the socket nor fill the node's disk through the directory.
+// TestPublishedSocketIsReadOnlyButConnectable checks both. The pod's volume is read-only too
+// (publish refuses one that is not), so the kubelet does not try to relabel it for SELinux,
+// which would fail here; SPIFFE's CSI driver users hit exactly that on SELinux nodes.
 func bindReadOnly(source, target string) error {
 	if err := unix.Mount(source, target, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind-mounting %s at %s: %w", source, target, err)

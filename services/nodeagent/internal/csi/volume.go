@@ -103,6 +103,11 @@ func checkPublish(req *csipb.NodePublishVolumeRequest) error {
 		errs = append(errs, errors.New("volume_id is missing"))
 	}
 	errs = append(errs, checkTargetPath(req.GetTargetPath()))
+	if !req.GetReadonly() {
+		// With a read-write volume the kubelet would also relabel it for SELinux, which fails
+		// on our read-only mount; and a pod has nothing to write next to its socket.
+		errs = append(errs, errors.New("the volume must be read-only: set readOnly: true in the pod's volumes[].csi"))
+	}
 	capability := req.GetVolumeCapability()
 	switch {
 	case capability == nil:
