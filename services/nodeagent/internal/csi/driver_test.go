@@ -142,6 +142,10 @@ func TestPublishRefusesBadRequests(t *testing.T) {
 		{"bad namespace", func(r *csipb.NodePublishVolumeRequest) { r.VolumeContext[attrPodNamespace] = "Shop_1" }, `pod.namespace "Shop_1" is not a valid Kubernetes name`},
 		{"bad service account", func(r *csipb.NodePublishVolumeRequest) { r.VolumeContext[attrServiceAccount] = "a/b" }, "serviceAccount.name"},
 		{"volume attributes", func(r *csipb.NodePublishVolumeRequest) { r.VolumeContext["socket"] = "/etc" }, `unknown volume attributes ["socket"]`},
+		{"volume attributes with a kubelet key", func(r *csipb.NodePublishVolumeRequest) {
+			r.VolumeContext["socket"] = "/etc"
+			r.VolumeContext["csi.storage.k8s.io/some.future.key"] = "x"
+		}, `unknown volume attributes ["socket"]`},
 		{"bad tokens", func(r *csipb.NodePublishVolumeRequest) { r.VolumeContext[attrTokens] = "{tok" }, "is not a JSON map of audience to token"},
 		{"block volume", func(r *csipb.NodePublishVolumeRequest) {
 			r.VolumeCapability.AccessType = &csipb.VolumeCapability_Block{Block: &csipb.VolumeCapability_BlockVolume{}}
@@ -300,5 +304,15 @@ func TestPodJSONIsTheRecord(t *testing.T) {
 	want := `{"volumeID":"csi-1","targetPath":"/t","namespace":"ns","name":"n","uid":"` + uidA + `","serviceAccount":"sa"}`
 	if string(b) != want {
 		t.Errorf("pod.json = %s, want %s (a format change breaks Restore after an upgrade)", b, want)
+	}
+}
+
+// Keys a later kubelet may add to the volume context do not break publishing.
+func TestPublishAcceptsNewKubeletKeys(t *testing.T) {
+	h := startDriver(t, shortTempDir(t))
+	req := publishRequest(uidA, h.targetPath(uidA))
+	req.VolumeContext["csi.storage.k8s.io/pod.future"] = "x"
+	if _, err := h.node.NodePublishVolume(rpcContext(t), req); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strings"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 )
@@ -21,6 +22,7 @@ const (
 	attrServiceAccount = "csi.storage.k8s.io/serviceAccount.name"
 	attrTokens         = "csi.storage.k8s.io/serviceAccount.tokens"
 	attrEphemeral      = "csi.storage.k8s.io/ephemeral"
+	kubeletAttrPrefix  = "csi.storage.k8s.io/"
 )
 
 var (
@@ -46,11 +48,11 @@ func podFromContext(attrs map[string]string, audience string) (PodInfo, error) {
 		errs = append(errs, fmt.Errorf("%s is %q: only ephemeral inline volumes (pod.spec.volumes[].csi) are served, "+
 			"and the CSIDriver must set podInfoOnMount: true", attrEphemeral, attrs[attrEphemeral]))
 	}
+	// The pod's own volumeAttributes are refused (this driver takes none, and a typo would
+	// otherwise pass unnoticed); the kubelet's own keys that a later Kubernetes may add are not.
 	var unknown []string
 	for k := range attrs {
-		switch k {
-		case attrPodName, attrPodNamespace, attrPodUID, attrServiceAccount, attrTokens, attrEphemeral:
-		default:
+		if !strings.HasPrefix(k, kubeletAttrPrefix) {
 			unknown = append(unknown, k)
 		}
 	}
