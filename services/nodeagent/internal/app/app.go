@@ -77,17 +77,22 @@ func (a *App) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.reg, Ready: ready.check, Logger: a.logger}.Run(ctx)
 	})
+	// The CSI driver needs no identity: pods mount their sockets while the agent attests.
+	csiPlugin, err := a.startCSI(ctx, g)
+	if err != nil {
+		return err
+	}
 	g.Go(func() error {
 		if err := a.obtainIdentity(ctx, g); err != nil {
 			return err
 		}
-		return a.serve(ctx, g, &ready)
+		return a.serve(ctx, g, &ready, csiPlugin)
 	})
 	return g.Wait()
 }
 
 // serve starts the agent's parts in g and returns when ctx ends.
-func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readiness) error {
+func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readiness, csiPlugin *csiPlugin) error {
 	td := a.id.TrustDomain()
 	citadelID, err := servicetls.ServiceID(td, servicetls.Citadel)
 	if err != nil {
@@ -140,10 +145,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 	secretv3.RegisterSecretDiscoveryServiceServer(srv, sdsServer)
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
-	_, csiReady, err := a.startCSI(ctx, g, srv) // TODO(lead): per-pod socket callers are their pod
-	if err != nil {
-		return err
-	}
+	csiPlugin.serve(srv) // TODO(lead): a caller on a pod's socket is that pod (csiPlugin.sockets.Pod)
 
 	ready := func() error {
 		select {
@@ -154,7 +156,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		if _, err := manager.Roots(ctx); err != nil {
 			return err
 		}
-		return csiReady()
+		return csiPlugin.ready()
 	}
 	readyCheck.set(ready)
 	g.Go(func() error {

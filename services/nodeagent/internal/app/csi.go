@@ -15,35 +15,57 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/csi"
 )
 
-// startCSI runs the CSI driver in g when -csi-endpoint is set: every pod that mounts its volume
-// gets its own socket, served by srv like the agent's main socket. It returns the pods' sockets
-// (nil with CSI off) and the driver's readiness (always ready with CSI off).
-func (a *App) startCSI(ctx context.Context, g *errgroup.Group, srv *grpc.Server) (*podSockets, func() error, error) {
+// csiPlugin is the agent's CSI driver and the pods' sockets it publishes; nil with CSI off.
+type csiPlugin struct {
+	sockets *podSockets
+	driver  *csi.Driver
+}
+
+// startCSI runs the CSI driver in g when -csi-endpoint is set. It needs no identity, so it starts
+// before the agent attests: pods can mount their sockets meanwhile, and their connections wait
+// for serve.
+func (a *App) startCSI(ctx context.Context, g *errgroup.Group) (*csiPlugin, error) {
 	if !a.cfg.CSI.Enabled() {
-		return nil, func() error { return nil }, nil
+		return nil, nil
 	}
-	sockets := &podSockets{srv: srv, log: a.logger, byUID: map[string]podSocket{}}
-	audiences := a.cfg.Audiences()
+	sockets := &podSockets{log: a.logger, byUID: map[string]podSocket{}}
 	driver, err := csi.New(csi.Config{
 		DriverName: a.cfg.CSI.DriverName, NodeName: a.cfg.NodeName, Endpoint: a.cfg.CSI.Endpoint,
-		RegistrationDir: a.cfg.CSI.RegistrationDir, StateDir: a.cfg.CSI.State(), TokenAudience: audiences[0],
+		RegistrationDir: a.cfg.CSI.RegistrationDir, StateDir: a.cfg.CSI.State(), TokenAudience: a.cfg.Audiences()[0],
 		Publisher: sockets, Logger: a.logger,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	g.Go(func() error { return driver.Run(ctx) })
-	return sockets, driver.Ready, nil
+	return &csiPlugin{sockets: sockets, driver: driver}, nil
+}
+
+// serve has srv answer on every pod's socket, open and to come.
+func (c *csiPlugin) serve(srv *grpc.Server) {
+	if c != nil {
+		c.sockets.serve(srv)
+	}
+}
+
+// ready is nil once the kubelet has registered the driver (always with CSI off).
+func (c *csiPlugin) ready() error {
+	if c == nil {
+		return nil
+	}
+	return c.driver.Ready()
 }
 
 // podSockets is the agent's csi.Publisher: it serves the agent's gRPC server on each pod's own
 // socket and knows which pod each socket is for. A connection's local address (peer.LocalAddr
 // in a gRPC handler) is the socket's path: Pod turns it into the pod.
 type podSockets struct {
-	srv *grpc.Server
 	log *slog.Logger
 
-	mu    sync.Mutex
+	mu sync.Mutex
+	// srv is nil until the agent can serve; sockets opened before wait for it (their
+	// connections queue in the listen backlog).
+	srv   *grpc.Server
 	byUID map[string]podSocket
 }
 
@@ -64,18 +86,32 @@ func (p *podSockets) OpenPodSocket(pod csi.PodInfo, path string) error {
 		return fmt.Errorf("setting socket mode: %w", err)
 	}
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if old, ok := p.byUID[pod.UID]; ok {
 		old.lis.Close()
 	}
 	p.byUID[pod.UID] = podSocket{pod: pod, lis: lis}
-	p.mu.Unlock()
-	go func() {
-		// Serve returns when the listener closes (ClosePodSocket) or the server stops.
-		if err := p.srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) && !errors.Is(err, net.ErrClosed) {
-			p.log.Warn("pod socket stopped serving", "pod_uid", pod.UID, "error", err)
-		}
-	}()
+	if p.srv != nil {
+		go p.serveOn(p.srv, pod.UID, lis)
+	}
 	return nil
+}
+
+// serve starts srv on every pod socket, and on those opened later.
+func (p *podSockets) serve(srv *grpc.Server) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.srv = srv
+	for uid, s := range p.byUID {
+		go p.serveOn(srv, uid, s.lis)
+	}
+}
+
+// serveOn returns when the listener closes (ClosePodSocket) or the server stops.
+func (p *podSockets) serveOn(srv *grpc.Server, uid string, lis net.Listener) {
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) && !errors.Is(err, net.ErrClosed) {
+		p.log.Warn("pod socket stopped serving", "pod_uid", uid, "error", err)
+	}
 }
 
 // ClosePodSocket stops listening on the pod's socket; the pod's open connections end with it

@@ -19,8 +19,9 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/csi"
 )
 
-// The agent's gRPC server answers on every pod's socket, and a handler knows the pod from the
-// connection's local address: the way per-pod socket callers are identified.
+// The agent's gRPC server answers on every pod's socket, those published before it could serve
+// and after, and a handler knows the pod from the connection's local address: the way per-pod
+// socket callers are identified.
 func TestPodSocketsServeAndNameThePod(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	var (
@@ -41,7 +42,7 @@ func TestPodSocketsServeAndNameThePod(t *testing.T) {
 	}))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	defer srv.Stop()
-	sockets = &podSockets{srv: srv, log: slog.New(slog.DiscardHandler), byUID: map[string]podSocket{}}
+	sockets = &podSockets{log: slog.New(slog.DiscardHandler), byUID: map[string]podSocket{}}
 
 	dir := t.TempDir()
 	pods := []csi.PodInfo{
@@ -50,6 +51,10 @@ func TestPodSocketsServeAndNameThePod(t *testing.T) {
 	}
 	paths := make([]string, len(pods))
 	for i, pod := range pods {
+		if i == 1 {
+			// The first socket was published before the agent could serve (it was attesting).
+			sockets.serve(srv)
+		}
 		paths[i] = filepath.Join(dir, pod.Name+".sock")
 		if err := sockets.OpenPodSocket(pod, paths[i]); err != nil {
 			t.Fatal(err)
