@@ -90,6 +90,7 @@ func (p *podSockets) OpenPodSocket(pod csi.PodInfo, path string) error {
 	if old, ok := p.byUID[pod.UID]; ok {
 		old.lis.Close()
 	}
+	pod.Token = "" // not needed after the publish (see csi.PodInfo); kept nowhere
 	p.byUID[pod.UID] = podSocket{pod: pod, lis: lis}
 	if p.srv != nil {
 		go p.serveOn(p.srv, pod.UID, lis)

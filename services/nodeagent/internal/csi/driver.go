@@ -38,8 +38,9 @@ const DefaultDriverName = "csi.portcullis.io"
 type PodInfo struct {
 	Namespace, Name, UID, ServiceAccount string
 	// Token is the pod's service account token for Config.TokenAudience, as the kubelet sent it
-	// at publish time; "" if none was asked for or sent, and always "" after Restore (tokens are
-	// never persisted). It is short-lived: do not keep it past the check it is used for.
+	// at publish time; "" if none was asked for or sent. Only OpenPodSocket gets it, and never
+	// after Restore: the driver keeps it nowhere, in memory or on disk. It is short-lived: do not
+	// keep it past the check it is used for.
 	Token string
 }
 
@@ -93,8 +94,7 @@ type Driver struct {
 
 type volume struct {
 	record
-	token string
-	open  bool
+	open bool
 }
 
 // maxSocketPath is the longest path a Unix socket can be bound at (sun_path less its NUL).
@@ -188,16 +188,14 @@ func (d *Driver) Ready() error {
 	return d.registration
 }
 
-// PodBySocket returns the pod whose socket is at path (as given to OpenPodSocket). The Token
-// is the one of the last publish, "" after a restart.
+// PodBySocket returns the pod whose socket is at path (as given to OpenPodSocket), without a
+// token.
 func (d *Driver) PodBySocket(path string) (PodInfo, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for uid, v := range d.pods {
 		if d.SocketPath(uid) == path {
-			pod := v.pod()
-			pod.Token = v.token
-			return pod, true
+			return v.pod(), true
 		}
 	}
 	return PodInfo{}, false
@@ -234,7 +232,7 @@ func (d *Driver) Restore() error {
 		v := &volume{record: r}
 		d.pods[r.UID] = v
 		// A pod whose socket cannot be opened keeps its record: its unpublish still cleans up.
-		if err := d.openSocket(v); err != nil {
+		if err := d.openSocket(v, ""); err != nil {
 			d.log.Error("reopening pod socket", "pod_uid", r.UID, "namespace", r.Namespace, "pod", r.Name, "error", err)
 			continue
 		}
@@ -243,9 +241,9 @@ func (d *Driver) Restore() error {
 	return nil
 }
 
-// openSocket has the Publisher listen on the pod's socket, removing a stale one first.
-// Called with d.mu held.
-func (d *Driver) openSocket(v *volume) error {
+// openSocket has the Publisher listen on the pod's socket, removing a stale one first; token is
+// handed over and forgotten. Called with d.mu held.
+func (d *Driver) openSocket(v *volume, token string) error {
 	if v.open {
 		return nil
 	}
@@ -254,7 +252,7 @@ func (d *Driver) openSocket(v *volume) error {
 		return err
 	}
 	pod := v.pod()
-	pod.Token = v.token
+	pod.Token = token
 	if err := d.cfg.Publisher.OpenPodSocket(pod, path); err != nil {
 		return fmt.Errorf("opening the pod's socket: %w", err)
 	}

@@ -34,6 +34,7 @@ func TestPublishServesThePodThroughTheBindMount(t *testing.T) {
 	if len(opened) != 1 || opened[0] != want {
 		t.Fatalf("Publisher opened %+v, want [%+v]", opened, want)
 	}
+	want.Token = "" // handed to the Publisher, kept nowhere
 	if got, ok := h.driver.PodBySocket(h.driver.SocketPath(uidA)); !ok || got != want {
 		t.Errorf("PodBySocket = %+v, %v; want %+v", got, ok, want)
 	}

@@ -96,8 +96,7 @@ func (d *Driver) publish(volumeID, target string, pod PodInfo) error {
 		}
 		d.pods[pod.UID] = v
 	}
-	v.token = pod.Token
-	err := d.openSocket(v)
+	err := d.openSocket(v, pod.Token)
 	if err == nil {
 		err = d.mount(v)
 	}
