@@ -128,7 +128,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		Auth: &identity.Authenticator{
 			// Each SDS stream of a pod presents the same token: check its signature once.
 			Verifier: workloadtoken.NewCachedVerifier(a.verifier, nil, verifiedTokenMaxAge, verifiedTokenCacheSize),
-			Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td,
+			Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td, Mode: identity.Mode(a.cfg.WorkloadAttestation), Logger: a.logger,
 		},
 		Secrets: manager, Logger: a.logger, Observe: m, Callers: limits,
 	})

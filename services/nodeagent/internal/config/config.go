@@ -13,6 +13,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
 
@@ -54,6 +55,10 @@ type Config struct {
 	BundleJitter  time.Duration
 	RotateJitter  time.Duration
 	Attest        Attest
+	// WorkloadAttestation is how callers on the shared socket are identified (identity.Mode).
+	WorkloadAttestation string
+	// ProcRoot is where the host's /proc is (peer credentials resolve pids there).
+	ProcRoot string
 }
 
 // SDSLimits bound the streams on the SDS socket (see package sdslimits).
@@ -72,6 +77,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CitadelAddr, "citadel-addr", "127.0.0.1:15012", "citadel gRPC address")
 	fs.StringVar(&c.MCPAddr, "mcp-addr", "127.0.0.1:15010", "mcp-sync gRPC address")
 	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15020", "address of /metrics, /healthz and /readyz")
+	fs.StringVar(&c.WorkloadAttestation, "workload-attestation", string(identity.ModeTokenPeer),
+		"how callers on the shared socket are identified: token, peer (the kernel's peer credentials and the caller's pod cgroup), or token+peer (peer credentials required; a token, if sent, must name the same pod)")
+	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "the host's /proc (the agent needs the host's pid namespace for peer credentials)")
 	fs.StringVar(&c.TokenIssuer, "token-issuer", "", "issuer (iss) of workload tokens")
 	fs.StringVar(&c.TokenAudience, "token-audience", "portcullis", "accepted token audiences, comma-separated")
 	c.TokenKeys.RegisterFlags(fs)
@@ -101,6 +109,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.Mode(); err != nil {
 		errs = append(errs, err)
+	}
+	if _, err := identity.ParseMode(c.WorkloadAttestation); err != nil {
+		errs = append(errs, fmt.Errorf("-workload-attestation: %w", err))
 	}
 	if c.TokenIssuer == "" {
 		errs = append(errs, errors.New("-token-issuer is required"))

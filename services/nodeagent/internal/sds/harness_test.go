@@ -109,7 +109,7 @@ func newHarness(tb testing.TB, opt options) *harness {
 	})
 	h.secrets = &secretsSpy{Manager: h.manager}
 	h.auth = &authSpy{entered: make(chan struct{}, 1), inner: &identity.Authenticator{
-		Verifier: verifier, Pods: h.pods, NodeName: nodeName, TrustDomain: trustDomain,
+		Mode: identity.ModeToken, Verifier: verifier, Pods: h.pods, NodeName: nodeName, TrustDomain: trustDomain,
 	}}
 	if !opt.unsynced {
 		h.syncPods(tb)
@@ -266,12 +266,12 @@ type authSpy struct {
 	entered chan struct{}
 }
 
-func (a *authSpy) Authenticate(ctx context.Context, token string) (identity.Caller, error) {
+func (a *authSpy) Authenticate(ctx context.Context, ev identity.Evidence) (identity.Caller, error) {
 	select {
 	case a.entered <- struct{}{}:
 	default:
 	}
-	return a.inner.Authenticate(ctx, token)
+	return a.inner.Authenticate(ctx, ev)
 }
 
 // secretsSpy is the real Manager, counting how often the server builds a certificate resource, so
@@ -282,11 +282,11 @@ type secretsSpy struct {
 	calls int
 }
 
-func (s *secretsSpy) Certificate(ctx context.Context, id spiffeid.ID, token string) (*secrets.Certificate, error) {
+func (s *secretsSpy) Certificate(ctx context.Context, id spiffeid.ID, cred secrets.Credential) (*secrets.Certificate, error) {
 	s.mu.Lock()
 	s.calls++
 	s.mu.Unlock()
-	return s.Manager.Certificate(ctx, id, token)
+	return s.Manager.Certificate(ctx, id, cred)
 }
 
 func (s *secretsSpy) certificateCalls() int {

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
 
+	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 )
 
@@ -31,10 +32,11 @@ type Signer interface {
 	Sign(ctx context.Context, csrPEM []byte, cred Credential, ttl time.Duration) ([]*x509.Certificate, error)
 }
 
-// Credential authenticates a signing request: the workload's token or, for a renewal once that
-// token has gone stale, the identity's current certificate, whose key then signs the new CSR
-// (see libs/renewalproof).
+// Credential authenticates a signing request: the agent's statement of a pod it attested itself
+// (libs/attestedpod), the workload's token or, for a renewal once that token has gone stale, the
+// identity's current certificate, whose key then signs the new CSR (see libs/renewalproof).
 type Credential struct {
+	Pod     *attestedpod.Ref
 	Token   string
 	Current *Certificate
 }
@@ -45,6 +47,9 @@ const tokenMargin = time.Minute
 
 // credentialLocked picks how to authenticate the next request for e. m.mu must be held.
 func (m *Manager) credentialLocked(e *entry) Credential {
+	if e.pod != nil {
+		return Credential{Pod: e.pod} // it does not expire: citadel checks the pod is still here
+	}
 	now := m.cfg.Clock.Now()
 	if e.cert == nil || !now.Before(e.cert.Leaf().NotAfter) {
 		return Credential{Token: e.token}
@@ -102,6 +107,8 @@ type Manager struct {
 }
 
 type entry struct {
+	// pod or token is the newest caller's credential, kept for renewals.
+	pod      *attestedpod.Ref
 	token    string
 	cert     *Certificate
 	timer    clock.Timer
@@ -184,15 +191,16 @@ func (m *Manager) watchedLocked(id spiffeid.ID) bool {
 }
 
 // Certificate returns id's current certificate, issuing one if there is none or it expired.
-// token is the caller's verified workload token; the newest one is kept for renewals.
-func (m *Manager) Certificate(ctx context.Context, id spiffeid.ID, token string) (*Certificate, error) {
+// cred is the caller's: the pod the agent attested, or its verified workload token; the newest
+// is kept for renewals.
+func (m *Manager) Certificate(ctx context.Context, id spiffeid.ID, cred Credential) (*Certificate, error) {
 	m.mu.Lock()
 	e := m.entries[id]
 	if e == nil {
 		e = &entry{}
 		m.entries[id] = e
 	}
-	e.token = token
+	e.pod, e.token = cred.Pod, cred.Token
 	if c := m.freshLocked(id); c != nil {
 		m.mu.Unlock()
 		return c, nil
