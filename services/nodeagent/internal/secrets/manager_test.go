@@ -92,7 +92,7 @@ func TestRenewsBetween45And55PercentAndNotifiesOnlyItsSubscribers(t *testing.T) 
 		t.Fatal(err)
 	}
 	requireNotified(t, cart, "first issuance")
-	drain(web)                                                                        // the first issuance fetched the trust bundle, which wakes everyone
+	drain(web)                                                                                           // the first issuance fetched the trust bundle, which wakes everyone
 	if _, err := m.Certificate(context.Background(), cartID, Credential{Token: "token-2"}); err != nil { // the newest token is kept for renewal
 		t.Fatal(err)
 	}
