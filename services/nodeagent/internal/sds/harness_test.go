@@ -80,6 +80,10 @@ type harness struct {
 type options struct {
 	unsynced bool              // do not apply the pod view yet
 	limits   *sdslimits.Config // serve with these limits (on the harness's clock and observer)
+	// peer, if set, is what every connection says of its caller (as a per-pod socket or peer
+	// credentials would), and silent streams are resumed after resumeAfter.
+	peer        *identity.Peer
+	resumeAfter time.Duration
 }
 
 func newHarness(tb testing.TB, opt options) *harness {
@@ -116,6 +120,11 @@ func newHarness(tb testing.TB, opt options) *harness {
 	}
 
 	cfg := sds.Config{Auth: h.auth, Secrets: h.secrets, Logger: logger, Observe: h.obs}
+	if opt.peer != nil {
+		p := *opt.peer
+		cfg.Peer = func(context.Context) identity.Peer { return p }
+		cfg.ResumeAfter, cfg.Remembered, cfg.Started = opt.resumeAfter, &sds.RememberedNames{}, sdslimits.Started
+	}
 	var opts []grpc.ServerOption
 	if opt.limits != nil {
 		lc := *opt.limits
@@ -305,10 +314,13 @@ type observer struct {
 
 	limitRefused map[string]int // by reason
 	unauth       int            // streams waiting for their first request
+	resumed      int
 }
 
 func (o *observer) LimitRefused(reason string) { o.do(func() { o.limitRefused[reason]++ }) }
 func (o *observer) Unauthenticated(delta int)  { o.do(func() { o.unauth += delta }) }
+func (o *observer) Resumed()                   { o.do(func() { o.resumed++ }) }
+func (o *observer) resumedStreams() (n int)    { o.do(func() { n = o.resumed }); return n }
 func (o *observer) limitRefusals(reason string) (n int) {
 	o.do(func() { n = o.limitRefused[reason] })
 	return n

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
@@ -52,6 +53,8 @@ type Observer interface {
 	Pushed(name string)
 	Nacked(names []string, detail string)
 	Refused(code codes.Code)
+	// Resumed counts silent streams answered without a request (see resume.go).
+	Resumed()
 }
 
 // CallerLimiter bounds the streams one authenticated pod holds open; *sdslimits.Limiter
@@ -71,6 +74,17 @@ type Config struct {
 	// Peer tells what the connection of a stream says about the caller (per-pod socket, peer
 	// credentials); nil means nothing.
 	Peer func(ctx context.Context) identity.Peer
+	// PeerIdentifies is true when peer credentials alone identify a caller (the peer and
+	// token+peer modes), so that a silent stream can be resumed (see resume.go).
+	PeerIdentifies bool
+	// ResumeAfter is how long a silent SotW stream is given to ask before it is resumed; 0
+	// disables resuming.
+	ResumeAfter time.Duration
+	// Remembered keeps the names each identity asked for; nil disables resuming.
+	Remembered Remembered
+	// Started tells the stream limits that a resumed stream is under way, as a first request
+	// would (sdslimits.Started); nil if there are no limits.
+	Started func(ctx context.Context)
 }
 
 // Server implements secretv3.SecretDiscoveryServiceServer.

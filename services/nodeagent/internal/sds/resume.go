@@ -1,0 +1,128 @@
+package sds
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+)
+
+// Resuming a silent stream.
+//
+// MOSN's SDS client sends each resource name once. When its stream breaks (the agent restarted,
+// or was upgraded) it opens a new one and waits, without asking again: it takes whatever
+// responses arrive and stores each secret under its name. Envoy always asks first. A silent
+// stream would otherwise be ended at the first-request deadline, reopened by MOSN and ended again,
+// with the sidecar keeping a certificate that is never renewed or rotated.
+//
+// So a state-of-the-world stream whose connection already identifies the caller (a per-pod
+// socket, or peer credentials) and that sends nothing for ResumeAfter is resumed: the agent
+// answers the names that identity's streams asked for before (remembered across restarts by the
+// agent's state; "default" and "ROOTCA", Istio's names, when it knows none), and then serves it
+// like any stream, pushing every later change. A stream authenticated only by a token cannot be
+// resumed: its token travels in its first request.
+
+// DefaultResumeAfter is how long a silent stream is given to ask before it is resumed. Envoy and
+// gRPC clients ask within milliseconds of opening a stream.
+const DefaultResumeAfter = 2 * time.Second
+
+// Remembered keeps the resource names each identity's streams asked for. Implementations are
+// safe for concurrent use; *RememberedNames is the in-memory one.
+type Remembered interface {
+	Names(id spiffeid.ID) []string
+	Remember(id spiffeid.ID, names []string)
+}
+
+// RememberedNames is an in-memory Remembered, bounded by the identities on the node.
+type RememberedNames struct {
+	mu    sync.Mutex
+	names map[spiffeid.ID][]string
+}
+
+// Names returns what id's streams asked for, nil if nothing.
+func (r *RememberedNames) Names(id spiffeid.ID) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.names[id])
+}
+
+// Remember adds names to what id's streams asked for.
+func (r *RememberedNames) Remember(id spiffeid.ID, names []string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.names == nil {
+		r.names = map[spiffeid.ID][]string{}
+	}
+	cur := r.names[id]
+	for _, n := range names {
+		if !slices.Contains(cur, n) {
+			cur = append(cur, n)
+		}
+	}
+	r.names[id] = cur
+}
+
+// resumable reports whether a stream's connection identifies its caller without a request.
+func (s *Server) resumable(ctx context.Context) bool {
+	if s.cfg.ResumeAfter <= 0 || s.cfg.Peer == nil || s.cfg.Remembered == nil {
+		return false
+	}
+	p := s.cfg.Peer(ctx)
+	return p.SocketPod != nil || (s.cfg.PeerIdentifies && p.PodUID != "" && p.Err == nil)
+}
+
+// resumeRequest stands for the request a resumed stream never sent.
+var resumeRequest = &discovery.DiscoveryRequest{}
+
+// resumingRecv wraps a SotW stream's recv: its first call waits up to ResumeAfter for the
+// stream's first request and returns resumeRequest if none came (the request, when it comes, is
+// returned by the next call). Only a stream whose connection identifies its caller is resumed.
+func (s *Server) resumingRecv(ctx context.Context, recv func() (*discovery.DiscoveryRequest, error)) func() (*discovery.DiscoveryRequest, error) {
+	if !s.resumable(ctx) {
+		return recv
+	}
+	type result struct {
+		req *discovery.DiscoveryRequest
+		err error
+	}
+	var pending chan result
+	calls := 0
+	return func() (*discovery.DiscoveryRequest, error) {
+		calls++
+		switch {
+		case calls == 1:
+			pending = make(chan result, 1)
+			go func() { // ends with the stream at the latest
+				r, err := recv()
+				pending <- result{r, err}
+			}()
+			timer := time.NewTimer(s.cfg.ResumeAfter)
+			defer timer.Stop()
+			select {
+			case r := <-pending:
+				pending = nil
+				return r.req, r.err
+			case <-timer.C:
+				return resumeRequest, nil
+			}
+		case pending != nil:
+			r := <-pending
+			pending = nil
+			return r.req, r.err
+		}
+		return recv()
+	}
+}
+
+// resumeNames are the names a resumed stream of caller is answered with.
+func (s *Server) resumeNames(caller identity.Caller) []string {
+	if names := s.cfg.Remembered.Names(caller.ID); len(names) > 0 {
+		return names
+	}
+	return []string{DefaultName, RootCAName}
+}
