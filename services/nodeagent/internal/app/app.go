@@ -131,6 +131,8 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 			Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td, Mode: identity.Mode(a.cfg.WorkloadAttestation), Logger: a.logger,
 		},
 		Secrets: manager, Logger: a.logger, Observe: m, Callers: limits,
+		PeerIdentifies: identity.Mode(a.cfg.WorkloadAttestation) != identity.ModeToken,
+		ResumeAfter:    a.cfg.SDS.ResumeAfter, Remembered: &sds.RememberedNames{}, Started: sdslimits.Started,
 	})
 	lis, err := a.listenSocket()
 	if err != nil {

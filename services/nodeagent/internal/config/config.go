@@ -63,6 +63,9 @@ type Config struct {
 
 // SDSLimits bound the streams on the SDS socket (see package sdslimits).
 type SDSLimits struct {
+	// ResumeAfter is how long a silent stream of a caller its connection identifies is given to
+	// ask before it is answered anyway (sds/resume.go); 0 disables.
+	ResumeAfter         time.Duration
 	FirstRequestTimeout time.Duration
 	MaxUnauthenticated  int
 	MaxStreamsPerConn   int
@@ -92,6 +95,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.NATS.RegisterFlags(fs)
 	fs.DurationVar(&c.BundleJitter, "bundle-jitter", 250*time.Millisecond, "spread of trust bundle refetches after a bundle event, so a fleet does not reach citadel at once")
 	fs.DurationVar(&c.RotateJitter, "rotate-jitter", 2*time.Minute, "spread of re-issues after a CA activation or a forced rotation (revocations are acted on at once)")
+	fs.DurationVar(&c.SDS.ResumeAfter, "sds-resume-after", 2*time.Second,
+		"a stream whose connection identifies its caller (per-pod socket, peer credentials) and that asks for nothing this long is answered with what its identity asked for before, as sidecars that reconnect without asking again (MOSN) need; 0 disables")
 	fs.DurationVar(&c.SDS.FirstRequestTimeout, "sds-first-request-timeout", DefaultSDSFirstRequestTimeout, "an SDS stream that sends no request this long after opening is ended")
 	fs.IntVar(&c.SDS.MaxUnauthenticated, "sds-max-unauthenticated-streams", DefaultSDSMaxUnauthenticated, "most SDS streams, agent-wide, that have not sent their first request; more are refused")
 	fs.IntVar(&c.SDS.MaxStreamsPerConn, "sds-max-streams-per-conn", DefaultSDSMaxStreamsPerConn, "most concurrent streams on one connection to the SDS socket")
@@ -136,6 +141,9 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateTLS(), c.NATS.Validate())
 	if c.BundleJitter < 0 || c.RotateJitter < 0 {
 		errs = append(errs, fmt.Errorf("-bundle-jitter (%s) and -rotate-jitter (%s) must not be negative", c.BundleJitter, c.RotateJitter))
+	}
+	if c.SDS.ResumeAfter < 0 || c.SDS.ResumeAfter >= c.SDS.FirstRequestTimeout {
+		errs = append(errs, fmt.Errorf("-sds-resume-after (%s) must be at least 0 and shorter than -sds-first-request-timeout (%s)", c.SDS.ResumeAfter, c.SDS.FirstRequestTimeout))
 	}
 	if c.SDS.FirstRequestTimeout <= 0 || c.SDS.MaxUnauthenticated <= 0 || c.SDS.MaxStreamsPerConn <= 0 || c.SDS.MaxStreamsPerPod <= 0 {
 		errs = append(errs, fmt.Errorf("-sds-first-request-timeout (%s), -sds-max-unauthenticated-streams (%d), -sds-max-streams-per-conn (%d) and -sds-max-streams-per-pod (%d) must be positive",
