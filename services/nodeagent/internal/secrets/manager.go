@@ -54,6 +54,11 @@ func (m *Manager) credentialLocked(e *entry) Credential {
 	if e.cert == nil || !now.Before(e.cert.Leaf().NotAfter) {
 		return Credential{Token: e.token}
 	}
+	// A certificate restored from the node's state (see Restore) came without a token: it proves
+	// itself.
+	if e.token == "" {
+		return Credential{Current: e.cert}
+	}
 	// Envoy sends its token once per stream, and streams outlive tokens: renew with the current
 	// certificate once the token is stale. An unreadable token is sent as is, to be refused with
 	// citadel's own explanation.
@@ -91,6 +96,11 @@ type Config struct {
 	Refresh   time.Duration // trust bundle poll interval
 	// IssueTimeout bounds one signing attempt, independent of any one caller's context.
 	IssueTimeout time.Duration
+	// Store, if set, keeps every certificate on the node, for Restore after a restart.
+	Store Store
+	// RestoreGrace is how long a restored identity is renewed while no stream watches it; 0 means
+	// DefaultRestoreGrace.
+	RestoreGrace time.Duration
 }
 
 // Manager is safe for concurrent use.
@@ -104,6 +114,7 @@ type Manager struct {
 	bundleVersion uint64
 	subs          map[*Subscription]struct{}
 	closed        bool
+	persisting    idLocks // serializes the Store writes of each identity
 }
 
 type entry struct {
@@ -115,6 +126,7 @@ type entry struct {
 	failures int
 	// cause is the rotation event that asked for the re-issue under way (nil: none).
 	cause *cause
+	held  holding // kept with the certificate in Config.Store
 }
 
 // Subscription is told (on C, coalesced) when its identity's certificate or the bundle changes.
@@ -256,6 +268,7 @@ func (m *Manager) issue(id spiffeid.ID) (*Certificate, error) {
 	}
 	m.cfg.Observe.Issued(id, cert.Leaf(), m.cfg.Clock.Since(start))
 
+	defer m.persist(id) // runs after the unlock below: no I/O under m.mu
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e := m.entries[id]
@@ -321,10 +334,11 @@ func (m *Manager) renew(id spiffeid.ID) {
 		m.mu.Unlock()
 		return
 	}
-	if !m.watchedLocked(id) {
+	if !m.watchedLocked(id) && !m.restoringLocked(id) {
 		delete(m.entries, id)
 		m.mu.Unlock()
 		m.cfg.Observe.Dropped(id)
+		m.persist(id)
 		return
 	}
 	var due *Certificate
