@@ -25,8 +25,8 @@ type Store interface {
 	Save(secretstore.Record) error
 	// Delete removes id's record; a missing record is not an error.
 	Delete(id spiffeid.ID) error
-	// Load returns every readable record, and an error for each record it could not read (and
-	// removed).
+	// Load returns every readable record, and an error for each file it could not read: removed,
+	// or left alone if it wraps secretstore.ErrUnknownFile.
 	Load() ([]secretstore.Record, []error)
 }
 
@@ -135,9 +135,13 @@ func (m *Manager) Restore(ctx context.Context, keepPod func(secretstore.Pod) boo
 	}
 	recs, errs := m.cfg.Store.Load()
 	for _, err := range errs {
-		m.cfg.Logger.Warn("state file dropped", "err", err)
+		if errors.Is(err, secretstore.ErrUnknownFile) {
+			m.cfg.Logger.Warn("state directory holds a file the agent did not write", "err", err)
+			continue
+		}
+		m.cfg.Logger.Warn("unreadable state file dropped", "err", err)
+		res.Dropped++
 	}
-	res.Dropped = len(errs)
 	roots, err := m.Roots(ctx)
 	if err != nil {
 		return res, fmt.Errorf("restoring certificates: %w", err)

@@ -6,20 +6,26 @@ import (
 	"testing"
 )
 
-// benchIdentities is the figure: the state of an agent holding 1,000 identities.
-const benchIdentities = 1000
+// benchIdentities is the figure: the state of an agent holding 1,000 identities. -short
+// (the suite runs every benchmark once) takes 100: on a disk, each Save waits for two fsyncs.
+func benchIdentities() int {
+	if testing.Short() {
+		return 100
+	}
+	return 1000
+}
 
 func benchRecords(b *testing.B) []Record {
 	b.Helper()
 	is := newTestIssuer(b)
-	recs := make([]Record, benchIdentities)
+	recs := make([]Record, benchIdentities())
 	for i := range recs {
 		recs[i] = is.record(b, testID(i), testPod(i))
 	}
 	return recs
 }
 
-// BenchmarkSave writes the state of 1,000 identities, next to its ceilings: the same bytes
+// BenchmarkSave writes the state of 1,000 identities (100 with -short), next to its ceilings: the same bytes
 // written with a bare os.WriteFile (no temporary file, no fsync: not crash-safe), and with a
 // WriteFile plus an fsync of the file (durable, but a crash mid-write leaves a torn file). The gap
 // between the store and the second is the rename and the directory's fsync.
@@ -38,7 +44,7 @@ func BenchmarkSave(b *testing.B) {
 					}
 				}
 			}
-			reportPerIdentity(b)
+			reportPerIdentity(b, len(recs))
 		})
 	}
 	encoded := encodeAll(b, recs)
@@ -51,7 +57,7 @@ func BenchmarkSave(b *testing.B) {
 				}
 			}
 		}
-		reportPerIdentity(b)
+		reportPerIdentity(b, len(recs))
 	})
 	b.Run("ceiling/writefile+fsync", func(b *testing.B) {
 		dir := b.TempDir()
@@ -62,11 +68,11 @@ func BenchmarkSave(b *testing.B) {
 				}
 			}
 		}
-		reportPerIdentity(b)
+		reportPerIdentity(b, len(recs))
 	})
 }
 
-// BenchmarkLoad reads the state of 1,000 identities, next to its ceiling: os.ReadDir and a bare
+// BenchmarkLoad reads the state of 1,000 identities (100 with -short), next to its ceiling: os.ReadDir and a bare
 // os.ReadFile of every file (no parsing, no decryption, no checks).
 func BenchmarkLoad(b *testing.B) {
 	recs := benchRecords(b)
@@ -84,12 +90,12 @@ func BenchmarkLoad(b *testing.B) {
 			}
 			for b.Loop() {
 				got, errs := s.Load()
-				if len(errs) != 0 || len(got) != benchIdentities {
+				if len(errs) != 0 || len(got) != len(recs) {
 					b.Fatalf("loaded %d records, errors %v", len(got), errs)
 				}
 			}
-			reportPerIdentity(b)
-			b.ReportMetric(float64(dirBytes(b, dir))/benchIdentities, "bytes/identity")
+			reportPerIdentity(b, len(recs))
+			b.ReportMetric(float64(dirBytes(b, dir))/float64(len(recs)), "bytes/identity")
 		})
 	}
 	b.Run("ceiling/readfile", func(b *testing.B) {
@@ -110,7 +116,7 @@ func BenchmarkLoad(b *testing.B) {
 				}
 			}
 		}
-		reportPerIdentity(b)
+		reportPerIdentity(b, len(recs))
 	})
 }
 
@@ -144,8 +150,8 @@ func writeFileSync(path string, data []byte) error {
 	return f.Close()
 }
 
-func reportPerIdentity(b *testing.B) {
-	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/benchIdentities, "ns/identity")
+func reportPerIdentity(b *testing.B, n int) {
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/identity")
 }
 
 func dirBytes(b *testing.B, dir string) int64 {

@@ -62,6 +62,8 @@ var (
 	// ErrWrongKey marks a file sealed with another key than the store's (or sealed when the store
 	// has no key, or plain when it has one).
 	ErrWrongKey = errors.New("state file sealed with another key")
+	// ErrUnknownFile marks a file the store did not write; Load leaves it alone.
+	ErrUnknownFile = errors.New("file the store did not write")
 )
 
 // Pod is a pod on this node that holds an identity.
@@ -278,7 +280,7 @@ func (s *Store) remove(name string) error {
 
 // Load reads every record. A file that cannot be used is removed and reported in the errors
 // (wrapping ErrCorrupt or ErrWrongKey), so that one bad file costs one identity, not the store.
-// Files that are not the store's own (other names) are reported and left alone.
+// Files that are not the store's own (other names) are reported (ErrUnknownFile) and left alone.
 func (s *Store) Load() ([]Record, []error) {
 	entries, err := s.readDir()
 	if err != nil {
@@ -292,7 +294,7 @@ func (s *Store) Load() ([]Record, []error) {
 		name := ent.Name()
 		if !isRecordName(name) {
 			if !strings.HasPrefix(name, tmpPrefix) { // a Save under way
-				errs = append(errs, fmt.Errorf("state directory: ignoring %s, which the store did not write", name))
+				errs = append(errs, fmt.Errorf("%w: %s (left alone)", ErrUnknownFile, name))
 			}
 			continue
 		}
