@@ -8,8 +8,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -150,9 +152,10 @@ func (m *Manager) Restore(ctx context.Context, keepPod func(secretstore.Pod) boo
 	if grace == 0 {
 		grace = DefaultRestoreGrace
 	}
-	for _, rec := range recs {
-		now := m.cfg.Clock.Now()
-		cert, err := restoredCertificate(rec, roots, now)
+	now := m.cfg.Clock.Now()
+	certs, certErrs := restoredCertificates(recs, roots, now)
+	for i, rec := range recs {
+		cert, err := certs[i], certErrs[i]
 		pods := slices.DeleteFunc(slices.Clone(rec.Pods), func(p secretstore.Pod) bool { return !keepPod(p) })
 		if err == nil && len(pods) == 0 {
 			err = errors.New("no pod that held it is on this node any more")
@@ -204,6 +207,26 @@ func (m *Manager) restoreEntry(id spiffeid.ID, cert *Certificate, held holding) 
 	m.scheduleLocked(id, e, after)
 	m.notifyLocked(id)
 	return true
+}
+
+// restoredCertificates rebuilds and checks recs on every CPU: the checks are three ECDSA
+// verifications per identity (leaf, intermediate, self-signed root), and the agent serves nobody
+// until they are done.
+func restoredCertificates(recs []secretstore.Record, roots []*x509.Certificate, now time.Time) ([]*Certificate, []error) {
+	certs, errs := make([]*Certificate, len(recs)), make([]error, len(recs))
+	var (
+		next atomic.Int64
+		wg   sync.WaitGroup
+	)
+	for range min(runtime.GOMAXPROCS(0), len(recs)) {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < len(recs); i = int(next.Add(1)) - 1 {
+				certs[i], errs[i] = restoredCertificate(recs[i], roots, now)
+			}
+		})
+	}
+	wg.Wait()
+	return certs, errs
 }
 
 // restoredCertificate rebuilds a kept certificate and checks it as if citadel had just sent it.
