@@ -54,19 +54,25 @@ type holding struct {
 	restoredUntil time.Time
 }
 
-// add records pod and names; it reports whether anything was new.
-func (h *holding) add(pod secretstore.Pod, names []string) bool {
-	changed := false
-	if i := slices.IndexFunc(h.pods, func(p secretstore.Pod) bool { return p.UID == pod.UID }); i < 0 || h.pods[i] != pod {
-		if i >= 0 {
-			h.pods = slices.Delete(h.pods, i, i+1)
-		}
-		h.pods = append(h.pods, pod)
-		if len(h.pods) > maxHeldPods {
-			h.pods = slices.Delete(h.pods, 0, len(h.pods)-maxHeldPods)
-		}
-		changed = true
+// addPod records pod (newest last) and reports whether it was new.
+func (h *holding) addPod(pod secretstore.Pod) bool {
+	i := slices.IndexFunc(h.pods, func(p secretstore.Pod) bool { return p.UID == pod.UID })
+	if i >= 0 && h.pods[i] == pod {
+		return false
 	}
+	if i >= 0 {
+		h.pods = slices.Delete(h.pods, i, i+1)
+	}
+	h.pods = append(h.pods, pod)
+	if len(h.pods) > maxHeldPods {
+		h.pods = slices.Delete(h.pods, 0, len(h.pods)-maxHeldPods)
+	}
+	return true
+}
+
+// addNames records names and reports whether any was new.
+func (h *holding) addNames(names []string) bool {
+	changed := false
 	for _, n := range names {
 		if !slices.Contains(h.names, n) && len(h.names) < maxHeldNames {
 			h.names = append(h.names, n)
@@ -79,16 +85,41 @@ func (h *holding) add(pod secretstore.Pod, names []string) bool {
 // Hold records that pod, on this node, holds id, and that its stream asked for names. Both are
 // kept with id's certificate: a restarted agent keeps the certificate only for pods still on
 // the node (see Restore), and knows what to push to a sidecar that reconnects without asking
-// again (see HeldBy). Call it when a stream asks for names; a Hold that adds nothing writes
-// nothing.
+// again (see Names, HeldBy). Call it when a stream asks for names; a Hold that adds nothing
+// writes nothing. Without a Hold an identity has no pod, and Restore drops it.
 func (m *Manager) Hold(id spiffeid.ID, pod secretstore.Pod, names []string) {
+	m.updateHolding(id, func(h *holding) bool {
+		newPod := h.addPod(pod)
+		return h.addNames(names) || newPod
+	})
+}
+
+// Remember adds names to what id's streams asked for, kept with its certificate (see Hold, which
+// also records the pod). With Names it implements sds.Remembered, so that the names outlive a
+// restart.
+func (m *Manager) Remember(id spiffeid.ID, names []string) {
+	m.updateHolding(id, func(h *holding) bool { return h.addNames(names) })
+}
+
+// Names returns the SDS resource names id's streams asked for, restored ones included; nil if
+// none.
+func (m *Manager) Names(id spiffeid.ID) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e := m.entries[id]; e != nil {
+		return slices.Clone(e.held.names)
+	}
+	return nil
+}
+
+func (m *Manager) updateHolding(id spiffeid.ID, update func(*holding) bool) {
 	m.mu.Lock()
 	e := m.entries[id]
 	if e == nil {
 		e = &entry{}
 		m.entries[id] = e
 	}
-	write := e.held.add(pod, names) && e.cert != nil && !m.closed
+	write := update(&e.held) && e.cert != nil && !m.closed
 	m.mu.Unlock()
 	if write {
 		m.persist(id)
@@ -194,8 +225,9 @@ func (m *Manager) restoreEntry(id spiffeid.ID, cert *Certificate, held holding) 
 		m.entries[id] = e
 	}
 	for _, p := range held.pods { // merge with Holds made meanwhile
-		e.held.add(p, held.names)
+		e.held.addPod(p)
 	}
+	e.held.addNames(held.names)
 	e.cert, e.held.restoredUntil = cert, held.restoredUntil
 	leaf, now := cert.Leaf(), m.cfg.Clock.Now()
 	after := renewAt(leaf.NotBefore, leaf.NotAfter, m.cfg.Jitter, symmetric()).Sub(now)

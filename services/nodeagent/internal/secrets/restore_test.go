@@ -21,14 +21,15 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/utils/clock"
 
+	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/libs/renewalproof"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secretstore"
 )
 
 var (
-	cartPod = secretstore.Pod{Namespace: "shop", Name: "cart-0", UID: "uid-cart-0"}
-	webPod  = secretstore.Pod{Namespace: "shop", Name: "web-0", UID: "uid-web-0"}
-	gonePod = secretstore.Pod{Namespace: "shop", Name: "old-0", UID: "uid-old-0"}
+	cartPod = secretstore.Pod{Namespace: "shop", Name: "cart-0", UID: "4f0c2a8e-1b7d-4c3e-9a51-0d6f2b8c7e10"}
+	webPod  = secretstore.Pod{Namespace: "shop", Name: "web-0", UID: "9d3b7e21-5a4c-4f8e-b2d6-3c1e0f9a8b72"}
+	gonePod = secretstore.Pod{Namespace: "shop", Name: "old-0", UID: "c7a1e5f3-2d9b-4e60-8f14-6b3a0c2d9e85"}
 )
 
 // onNode is the restarted agent's view of its node: every pod but gonePod.
@@ -112,11 +113,11 @@ func TestRestartServesKeptCertificatesWithoutSigning(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "state")
 	before := newStoringManager(ca, clk, &recorder{}, openTestStore(t, dir))
 	before.Hold(cartID, cartPod, []string{"default", "ROOTCA"})
-	cart, err := before.Certificate(context.Background(), cartID, "token")
+	cart, err := before.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	web, err := before.Certificate(context.Background(), webID, "token")
+	web, err := before.Certificate(context.Background(), webID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,7 +135,12 @@ func TestRestartServesKeptCertificatesWithoutSigning(t *testing.T) {
 		t.Fatalf("restore: %+v, want 2 restored and none dropped", res)
 	}
 	for _, was := range []*Certificate{cart, web} {
-		got, err := after.Certificate(context.Background(), was.ID, "") // a sidecar with no token
+		// The sidecar is back, identified by its connection: no token.
+		pod := &attestedpod.Ref{Namespace: "shop", Name: "cart-0", UID: cartPod.UID}
+		if was.ID == webID {
+			pod = &attestedpod.Ref{Namespace: "shop", Name: "web-0", UID: webPod.UID}
+		}
+		got, err := after.Certificate(context.Background(), was.ID, Credential{Pod: pod})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -146,6 +152,9 @@ func TestRestartServesKeptCertificatesWithoutSigning(t *testing.T) {
 	if n := ca.signs(); n != signs {
 		t.Fatalf("the restarted agent made %d Sign calls, want 0", n-signs)
 	}
+	if names := after.Names(cartID); !slices.Equal(names, []string{"default", "ROOTCA"}) {
+		t.Fatalf("Names(cart) after the restart = %v, want the names asked before it", names)
+	}
 	held := after.HeldBy(cartPod.UID)
 	if len(held) != 1 || held[0].ID != cartID || !slices.Equal(held[0].ResourceNames, []string{"default", "ROOTCA"}) {
 		t.Fatalf("HeldBy(cart pod) = %+v, want cart with the names its stream asked for", held)
@@ -153,6 +162,16 @@ func TestRestartServesKeptCertificatesWithoutSigning(t *testing.T) {
 	if held := after.HeldBy(webPod.UID); len(held) != 1 || held[0].ID != webID {
 		t.Fatalf("HeldBy(web pod) = %+v, want web", held)
 	}
+}
+
+// heldCert is the certificate m holds for id, without asking for it as a caller would.
+func heldCert(m *Manager, id spiffeid.ID) *Certificate {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e := m.entries[id]; e != nil {
+		return e.cert
+	}
+	return nil
 }
 
 // signedRecord has ca sign a fresh key for id, as citadel would, and returns it as the store
@@ -262,12 +281,11 @@ func TestRestoredCertificateRenewsWithARenewalProof(t *testing.T) {
 	if _, err := m.Restore(context.Background(), onNode); err != nil {
 		t.Fatal(err)
 	}
-	sub := m.Subscribe(cartID) // the sidecar is back
+	// The sidecar is back and watches, but has not asked for its certificate again (MOSN): the
+	// agent holds no credential of its.
+	sub := m.Subscribe(cartID)
 	defer m.Unsubscribe(sub)
-	restored, err := m.Certificate(context.Background(), cartID, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	restored := heldCert(m, cartID)
 	signs := ca.signs()
 
 	clk.SetTime(at(restored, 0.56))
@@ -299,10 +317,7 @@ func TestRestoredCertificateRenewsWithARenewalProof(t *testing.T) {
 	if got, _, err := renewalproof.Verify(proof, block.Bytes, roots, clk.Now()); err != nil || got != cartID {
 		t.Fatalf("renewal proof of the restored key: %s, %v; want it to verify as %s", got, err, cartID)
 	}
-	renewed, err := m.Certificate(context.Background(), cartID, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	renewed := heldCert(m, cartID)
 	if serial(renewed) == serial(restored) {
 		t.Fatal("the renewed certificate is not served")
 	}
@@ -333,10 +348,7 @@ func TestRestoredIdentityWaitsForItsSidecarsThenIsDropped(t *testing.T) {
 	if len(d) != 1 || d[0] > 5*time.Minute {
 		t.Fatalf("restored overdue certificate scheduled in %v, want one renewal within 5m", d)
 	}
-	restored, err := m.Certificate(context.Background(), cartID, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	restored := heldCert(m, cartID)
 	signs := ca.signs()
 	clk.Step(max(d[0], minRenewDelay)) // still within the grace period, nobody watching
 	eventually(t, "the renewal of the unwatched restored identity", func() bool { return ca.signs() == signs+1 })
@@ -348,9 +360,7 @@ func TestRestoredIdentityWaitsForItsSidecarsThenIsDropped(t *testing.T) {
 		t.Fatalf("dropped %v within the grace period", dropped)
 	}
 
-	m.mu.Lock()
-	renewed := m.entries[cartID].cert
-	m.mu.Unlock()
+	renewed := heldCert(m, cartID)
 	clk.SetTime(at(renewed, 0.56)) // past the grace period, still nobody watching
 	eventually(t, "the identity to be dropped", func() bool { _, _, d := obs.snapshot(); return len(d) == 1 })
 	eventually(t, "the dropped identity to be deleted", func() bool { return len(kept(t, st)) == 0 })
@@ -370,7 +380,7 @@ func TestIssuesAreKeptAndDropsDeleted(t *testing.T) {
 	if saves, _ := st.counts(); saves != 0 {
 		t.Fatalf("%d saves before any certificate, want 0", saves)
 	}
-	c, err := m.Certificate(context.Background(), cartID, "token")
+	c, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,9 +397,15 @@ func TestIssuesAreKeptAndDropsDeleted(t *testing.T) {
 	if saves, _ := st.counts(); saves != 1 {
 		t.Fatalf("%d saves after a Hold that adds nothing, want 1", saves)
 	}
-	m.Hold(cartID, cartPod, []string{"ROOTCA"})
+	m.Remember(cartID, []string{"ROOTCA", "default"}) // as the SDS server remembers names (sds.Remembered)
 	if r := kept(t, st)[cartID]; !slices.Equal(r.ResourceNames, []string{"default", "ROOTCA"}) {
 		t.Fatalf("kept names %v, want default and ROOTCA", r.ResourceNames)
+	}
+	if names := m.Names(cartID); !slices.Equal(names, []string{"default", "ROOTCA"}) {
+		t.Fatalf("Names = %v, want default and ROOTCA", names)
+	}
+	if saves, _ := st.counts(); saves != 2 {
+		t.Fatalf("%d saves, want 2 (the issuance, one new name)", saves)
 	}
 
 	m.Unsubscribe(sub)
@@ -404,7 +420,8 @@ func TestIssuesAreKeptAndDropsDeleted(t *testing.T) {
 func TestHeldPodsAndNamesAreBounded(t *testing.T) {
 	var h holding
 	for i := range maxHeldPods + 10 {
-		h.add(secretstore.Pod{Namespace: "shop", Name: "cart", UID: string(rune('a' + i))}, []string{string(rune('A' + i))})
+		h.addPod(secretstore.Pod{Namespace: "shop", Name: "cart", UID: string(rune('a' + i))})
+		h.addNames([]string{string(rune('A' + i))})
 	}
 	if len(h.pods) != maxHeldPods || h.pods[0].UID != string(rune('a'+10)) {
 		t.Fatalf("%d pods kept, first %q; want the newest %d", len(h.pods), h.pods[0].UID, maxHeldPods)
