@@ -159,8 +159,10 @@ type RestoreResult struct {
 // keepPod refuses are forgotten; everything else is deleted from the store.
 //
 // A restored identity is renewed, not dropped, while nobody watches it for Config.RestoreGrace,
-// so that its sidecars have time to reconnect. keepPod is called without locks held. Restore
-// fails only if the trust bundle cannot be fetched; the store is then left as it is.
+// so that its sidecars have time to reconnect. keepPod is called without locks held, so call
+// Restore once the pod view is complete (mcp-sync's first snapshot): a pod it does not know yet
+// is a pod gone. Restore fails only if the trust bundle cannot be fetched; the store then keeps
+// every readable record (Load has removed the unreadable ones).
 func (m *Manager) Restore(ctx context.Context, keepPod func(secretstore.Pod) bool) (RestoreResult, error) {
 	var res RestoreResult
 	if m.cfg.Store == nil {
