@@ -113,6 +113,9 @@ func (r *Resolver) handshake(conn net.Conn) (AuthInfo, error) {
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
 		Creds:          Creds{PID: ucred.Pid, UID: ucred.Uid, GID: ucred.Gid},
 	}
+	if pidfd >= 0 {
+		info.Creds.PIDFDIno = pidfdIno(pidfd)
+	}
 	if pidfd == pidfdGone {
 		info.Err = fmt.Errorf("pid %d: %w (gone before accept)", ucred.Pid, ErrProcessChanged)
 		info.Process = Process{Creds: info.Creds}
@@ -127,6 +130,8 @@ func (r *Resolver) handshake(conn net.Conn) (AuthInfo, error) {
 	// The pidfd names the process that called connect(), not whoever has its pid now. If it
 	// is still alive after every /proc read, those reads were its own: this closes the window
 	// between connect and accept, which the start time alone cannot (it is read at accept).
+	// With pidfs (Linux 6.9+) Resolve already checked it through PIDFDIno; before, this is the
+	// check.
 	if info.Err == nil && pidfd >= 0 && !pidfdAlive(pidfd) {
 		info.Err = fmt.Errorf("pid %d: %w (the connecting process exited during attestation)", ucred.Pid, ErrProcessChanged)
 	}
@@ -168,12 +173,4 @@ func peerCreds(sc syscall.Conn) (ucred *unix.Ucred, pidfd int, err error) {
 		return nil, -1, fmt.Errorf("peercred: SO_PEERPIDFD: %w", perr)
 	}
 	return ucred, pidfd, nil
-}
-
-// pidfdAlive reports whether the process behind pidfd still exists (a zombie counts: it still
-// holds its pid). Signal 0 checks existence only; EPERM (an agent that is not root asking
-// about another user's process) also proves it exists, so no capability is needed.
-func pidfdAlive(pidfd int) bool {
-	err := unix.PidfdSendSignal(pidfd, 0, nil, 0)
-	return err == nil || errors.Is(err, unix.EPERM)
 }

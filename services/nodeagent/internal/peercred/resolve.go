@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Creds is what the kernel says about the process that connected.
@@ -17,6 +19,10 @@ type Creds struct {
 	PID       int32
 	UID, GID  uint32
 	StartTime uint64 // field 22 of /proc/<pid>/stat (clock ticks since boot), read at accept
+	// PIDFDIno is the pidfs inode number of the connecting process (from SO_PEERPIDFD, Linux
+	// 6.9+), unique for the boot: it tells apart two processes that had the same pid in the
+	// same clock tick, which StartTime cannot. 0 if the kernel has no pidfs.
+	PIDFDIno uint64
 }
 
 // Process is a resolved caller.
@@ -58,7 +64,10 @@ type Resolver struct {
 
 // Resolve reads <ProcRoot>/<pid>/cgroup and parses it, then re-reads the pid's start time and
 // compares it with c.StartTime: if the process is gone, a zombie, or another process now has
-// the pid, the cgroup read may be someone else's and Resolve returns ErrProcessChanged.
+// the pid, the cgroup read may be someone else's and Resolve returns ErrProcessChanged. With
+// c.PIDFDIno set, it also holds a pidfd of the pid across the reads and checks that it names
+// that process (before) and that the process is alive (after): this catches a pid reused
+// within the start time's clock tick.
 //
 // On error the returned Process still carries c (for logs and a uid allow-list), never a pod.
 // Errors wrap ErrNotInPod, ErrProcessChanged, ErrBadCgroup, ErrPIDNotVisible, or are I/O
@@ -67,6 +76,13 @@ func (r *Resolver) Resolve(c Creds) (Process, error) {
 	p := Process{Creds: c}
 	if c.PID <= 0 {
 		return p, ErrPIDNotVisible
+	}
+	pidfd, err := openSameProcess(c)
+	if err != nil {
+		return p, err
+	}
+	if pidfd >= 0 {
+		defer unix.Close(pidfd)
 	}
 	content, err := os.ReadFile(filepath.Join(r.procRoot(), strconv.Itoa(int(c.PID)), "cgroup"))
 	if err != nil {
@@ -77,6 +93,9 @@ func (r *Resolver) Resolve(c Creds) (Process, error) {
 	}
 	if err := r.checkSameProcess(c); err != nil {
 		return p, err
+	}
+	if pidfd >= 0 && !pidfdAlive(pidfd) {
+		return p, fmt.Errorf("pid %d: %w (it exited while being resolved)", c.PID, ErrProcessChanged)
 	}
 	root := r.CgroupRoot
 	if root == "" {
