@@ -46,7 +46,7 @@ func openSameProcess(c Creds) (int, error) {
 	}
 	if ino := pidfdIno(pidfd); ino != c.PIDFDIno {
 		unix.Close(pidfd)
-		return -1, fmt.Errorf("pid %d: %w (pidfs inode %d now, %d at accept)", c.PID, ErrProcessChanged, ino, c.PIDFDIno)
+		return -1, fmt.Errorf("pid %d: %w (pidfs inode %d now, %d recorded)", c.PID, ErrProcessChanged, ino, c.PIDFDIno)
 	}
 	return pidfd, nil
 }

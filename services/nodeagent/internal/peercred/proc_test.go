@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -39,7 +40,7 @@ func TestMain(m *testing.M) {
 		}
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	goleak.VerifyTestMain(m)
 }
 
 // runHelper is the child process. Modes:
@@ -48,6 +49,7 @@ func TestMain(m *testing.M) {
 //	grpc:  wait for a line on stdin, drop to PEERCRED_UID/GID if set, call Health.Check on
 //	       the gRPC server at PEERCRED_SOCKET, print "ok", then wait until stdin closes.
 //	dial:  connect to the Unix socket PEERCRED_SOCKET, print "ok", wait for stdin to close.
+//	dial-each-line: for each line on stdin, connect to PEERCRED_SOCKET, print "ok", hang up.
 func runHelper(mode string) error {
 	in := bufio.NewReader(os.Stdin)
 	switch mode {
@@ -77,6 +79,20 @@ func runHelper(mode string) error {
 		}
 		defer conn.Close()
 		fmt.Println("ok")
+	case "dial-each-line":
+		for {
+			if _, err := in.ReadString('\n'); err == io.EOF {
+				return nil
+			} else if err != nil {
+				return err
+			}
+			conn, err := net.Dial("unix", os.Getenv("PEERCRED_SOCKET"))
+			if err != nil {
+				return err
+			}
+			fmt.Println("ok")
+			conn.Close() // the server still accepts it, with the same credentials
+		}
 	default:
 		return fmt.Errorf("unknown mode %q", mode)
 	}
@@ -115,7 +131,8 @@ func (c *child) pid() int32 { return int32(c.cmd.Process.Pid) }
 func startChild(t testing.TB, mode string, env ...string) *child {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(append(os.Environ(), helperEnv+"="+mode), env...)
+	// A race-enabled binary sleeps a second at exit unless told not to.
+	cmd.Env = append(append(os.Environ(), helperEnv+"="+mode, "GORACE=atexit_sleep_ms=0"), env...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
