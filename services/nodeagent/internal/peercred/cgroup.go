@@ -12,6 +12,17 @@ import (
 // file place the process in, for a kubelet with the default --cgroup-root ("/"). ok is false if
 // the process is in no pod cgroup, or if the file is ambiguous (lines naming different pods or
 // containers) or malformed. See ParseCgroupUnder for a kubelet with another --cgroup-root.
+//
+// It reads cgroup v1 ("N:controllers:/path", one line per hierarchy), v2 ("0::/path") and
+// both on a hybrid host, and the kubelet's two drivers:
+//
+//	cgroupfs: /kubepods[/besteffort|/burstable]/pod<uid>/<container>
+//	systemd:  /kubepods.slice[/kubepods-<qos>.slice]/kubepods[-<qos>]-pod<uid_>.slice/<rt>-<id>.scope
+//
+// where <container> is "<id>" or "crio-<id>", <rt> is cri-containerd, crio or docker, <id> is
+// 64 hex digits, and the systemd driver writes the UID's dashes as underscores; podUID is
+// always returned with dashes. A path seen from inside a cgroup namespace ("/../../burstable/
+// pod<uid>/<id>") is read from where its "/.." steps end.
 func ParseCgroup(content []byte) (podUID, containerID string, ok bool) {
 	return ParseCgroupUnder(content, "/")
 }

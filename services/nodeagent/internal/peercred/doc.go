@@ -16,16 +16,22 @@
 // # Why the start time is checked again
 //
 // A pid is only a number. Between accept and the /proc reads the caller can exit and its pid
-// can be given to a new process, perhaps in another pod (pids wrap quickly: pid_max is often
-// 32768), and the reads would describe that process. So the handshake records the pid's start
-// time (field 22 of /proc/<pid>/stat, fixed for a process's life) at accept, and Resolve reads
-// it again after reading the cgroup: a different value, or no process, means the cgroup just
-// read may not be the caller's, and the caller is refused with ErrProcessChanged. Where the
-// kernel has SO_PEERPIDFD (Linux 6.5 and later), the handshake also holds a pidfd of the
-// connecting process itself and checks it is still alive after every read. That also closes
-// the window between connect and accept, which a start time read at accept cannot see. On older
-// kernels that window remains: a caller that exits after connect and has its pid handed to
-// another pod's new process before the agent accepts would be taken for that process.
+// can be given to a new process, perhaps in another pod (pids wrap: pid_max is often 32768),
+// and the reads would describe that process. So the handshake records the pid's start time
+// (field 22 of /proc/<pid>/stat, fixed for a process's life) at accept, and Resolve reads it
+// again after reading the cgroup: a different value, or no process, or a zombie, means the
+// cgroup just read may not be the caller's, and the caller is refused with ErrProcessChanged.
+//
+// The start time has two gaps. It is in clock ticks (10 ms), so a pid reused within the tick
+// looks the same (the tests force exactly that with ns_last_pid); and it is read at accept, so
+// a caller that exits after connect() and whose pid is reused before accept is never seen at
+// all. Both are closed where the kernel allows: SO_PEERPIDFD (Linux 6.5+) gives a pidfd of the
+// process that called connect(), and since Linux 6.9 a pidfd's pidfs inode number names one
+// process for the whole boot. The handshake records it (Creds.PIDFDIno); Resolve opens a pidfd
+// for the pid, checks that it has that inode (the pid still names the caller) before reading
+// /proc, and that the process is still alive after, so every read was the caller's own. On
+// 6.5 to 6.8 the handshake checks that its pidfd is alive after resolving, which closes the
+// connect-accept window but not the same-tick one. Before 6.5 only the start time remains.
 //
 // The result is computed once per connection, in the gRPC handshake (TransportCredentials),
 // and kept in the connection's AuthInfo, so FromContext in a handler reads nothing.
@@ -36,8 +42,9 @@
 // namespace the agent cannot see (every pod's); and /proc must be the host's to find the
 // peer's files. No capability: SO_PEERCRED and SO_PEERPIDFD need none, and /proc/<pid>/stat and
 // /proc/<pid>/cgroup are world-readable (mode 0444, readable by uid 65534 for a root process:
-// checked on Linux 6.18), unlike environ or fd/; they are hidden only if /proc is mounted with
-// hidepid=, which the agent's own /proc (a fresh procfs mount with hostPID) is not. The
+// checked on Linux 6.18), unlike environ or fd/. Only hidepid= hides them: the runtime mounts
+// the agent's /proc without it, and since Linux 5.8 each procfs mount has its own options (on
+// older kernels a host /proc with hidepid= would hide them from the agent too). The
 // liveness check of a pidfd sends signal 0, whose EPERM is taken as "alive", so no CAP_KILL
 // either. The agent can run as a non-root user.
 //
