@@ -143,6 +143,8 @@ func TestParseCgroupEdges(t *testing.T) {
 		{"qos itself", "0::/kubepods/burstable\n", "", ""},
 		{"relative, other tree", "0::/../../../system.slice/pod" + uid + "/" + cid + "\n", "", ""},
 		{"relative, same pod", "0::/../" + cid + "\n", "", ""},
+		{"relative, user's delegated tree", "0::/../../../../user.slice/user-1000.slice/user@1000.service/app.slice/kubepods/besteffort/pod" + uid + "/" + cid + "\n", "", ""},
+		{"relative, systemd user slice", "0::/../../../user.slice/kubepods-besteffort-pod" + strings.ReplaceAll(uid, "-", "_") + ".slice\n", "", ""},
 		{"dotdot inside", "0::/kubepods/../kubepods/pod" + uid + "\n", "", ""},
 		{"removed cgroup", "0::/kubepods/pod" + uid + "/" + cid + " (deleted)\n", "", ""},
 		{"empty", "", "", ""},
