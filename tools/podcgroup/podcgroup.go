@@ -4,8 +4,9 @@
 // with a cgroup root of <prefix>.
 //
 // The cgroups are made inside the test process's own cgroup of a hierarchy where that is not the
-// root, so that nothing appears at the top of any hierarchy: the one-node cluster's tests compare
-// those before and after and run beside this package's users. It needs root.
+// root, so that nothing appears at the top of any hierarchy (the one-node cluster's tests compare
+// those before and after, and run beside this package's users); failing that, at the top, named
+// with TestPrefix, which that comparison ignores. It needs root.
 package podcgroup
 
 import (
@@ -25,6 +26,10 @@ import (
 // Root is where the cgroup hierarchies are mounted.
 const Root = "/sys/fs/cgroup"
 
+// TestPrefix begins the name of every cgroup this package makes at the top of a tree; the
+// one-node cluster's host snapshot ignores it (tools/kubecluster).
+const TestPrefix = "portcullis-test-"
+
 // Cgroups is a tree of pod cgroups in one hierarchy, removed when the test ends.
 type Cgroups struct {
 	tb   testing.TB
@@ -39,7 +44,7 @@ func New(tb testing.TB) *Cgroups {
 	if err != nil {
 		tb.Fatalf("podcgroup: %v", err)
 	}
-	c := &Cgroups{tb: tb, base: filepath.Join(own, "pc-"+randomHex(4))}
+	c := &Cgroups{tb: tb, base: filepath.Join(own, TestPrefix+randomHex(4))}
 	if err := os.Mkdir(c.base, 0o755); err != nil {
 		tb.Fatalf("podcgroup: %v (pod cgroups need root)", err)
 	}
@@ -79,8 +84,15 @@ func ownCgroup() (string, error) {
 			return dir, nil
 		}
 	}
-	return "", fmt.Errorf("this process is in the root cgroup of every hierarchy (%s): pod cgroups would appear at the top of a hierarchy; run the test inside a cgroup of its own",
-		strings.Join(seen, "; "))
+	// At the root everywhere: a top-level cgroup with the prefix the cluster's host snapshot
+	// ignores (tools/kubecluster).
+	for _, h := range []string{"pids", "unified", ""} {
+		mount := filepath.Join(Root, h)
+		if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err == nil {
+			return mount, nil
+		}
+	}
+	return "", fmt.Errorf("no writable cgroup hierarchy under %s (this process: %s)", Root, strings.Join(seen, "; "))
 }
 
 // Outside is a cgroup in no pod.

@@ -208,8 +208,13 @@ func startChildWithPID(t testing.TB, want int32) *child {
 // own (like a kubelet run with --cgroup-root): /sys/fs/cgroup/<hierarchy>/<root>/kubepods/...
 // Never under a top-level kubepods: that is a real kubelet's (the cluster harness refuses to
 // start if one exists, and a kubelet removes pod cgroups it does not know).
+// TestCgroupPrefix names the top-level cgroups these tests make (in the pids and unified
+// hierarchies, where this process sits at the root). The one-node cluster's host snapshot
+// (tools/kubecluster) ignores this prefix: the tests run beside a cluster's.
+const TestCgroupPrefix = "portcullis-test-"
+
 type testCgroups struct {
-	root string // "/peercred-test-<random>", the Resolver's CgroupRoot
+	root string // "/portcullis-test-<random>", the Resolver's CgroupRoot
 	made []string
 }
 
@@ -220,7 +225,7 @@ const cgroupFS = "/sys/fs/cgroup"
 func newTestCgroups(t testing.TB) *testCgroups {
 	b := make([]byte, 6)
 	rand.Read(b)
-	cg := &testCgroups{root: "/peercred-test-" + hex.EncodeToString(b)}
+	cg := &testCgroups{root: "/" + TestCgroupPrefix + hex.EncodeToString(b)}
 	t.Cleanup(func() {
 		if err := cg.removeAll(); err != nil {
 			t.Error(err)

@@ -123,7 +123,7 @@ func newHarness(tb testing.TB, opt options) *harness {
 	if opt.peer != nil {
 		p := *opt.peer
 		cfg.Peer = func(context.Context) identity.Peer { return p }
-		cfg.ResumeAfter, cfg.Remembered, cfg.Started = opt.resumeAfter, &sds.RememberedNames{}, sdslimits.Started
+		cfg.ResumeAfter, cfg.Remembered, cfg.Started = opt.resumeAfter, h.manager, sdslimits.Started
 	}
 	var opts []grpc.ServerOption
 	if opt.limits != nil {

@@ -2,14 +2,13 @@ package sds
 
 import (
 	"context"
-	"slices"
-	"sync"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secretstore"
 )
 
 // Resuming a silent stream.
@@ -31,40 +30,21 @@ import (
 // gRPC clients ask within milliseconds of opening a stream.
 const DefaultResumeAfter = 2 * time.Second
 
-// Remembered keeps the resource names each identity's streams asked for. Implementations are
-// safe for concurrent use; *RememberedNames is the in-memory one.
+// Remembered keeps, with each identity's certificate, the pods on this node that hold it and the
+// resource names their streams asked for; *secrets.Manager implements it, and its state store
+// keeps both across restarts. Implementations are safe for concurrent use.
 type Remembered interface {
 	Names(id spiffeid.ID) []string
-	Remember(id spiffeid.ID, names []string)
+	Hold(id spiffeid.ID, pod secretstore.Pod, names []string)
 }
 
-// RememberedNames is an in-memory Remembered, bounded by the identities on the node.
-type RememberedNames struct {
-	mu    sync.Mutex
-	names map[spiffeid.ID][]string
-}
-
-// Names returns what id's streams asked for, nil if nothing.
-func (r *RememberedNames) Names(id spiffeid.ID) []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return slices.Clone(r.names[id])
-}
-
-// Remember adds names to what id's streams asked for.
-func (r *RememberedNames) Remember(id spiffeid.ID, names []string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.names == nil {
-		r.names = map[spiffeid.ID][]string{}
+// hold records that caller's pod holds its identity, and the names it asked for.
+func (s *Server) hold(caller identity.Caller, names []string) {
+	if s.cfg.Remembered == nil {
+		return
 	}
-	cur := r.names[id]
-	for _, n := range names {
-		if !slices.Contains(cur, n) {
-			cur = append(cur, n)
-		}
-	}
-	r.names[id] = cur
+	w := caller.Workload
+	s.cfg.Remembered.Hold(caller.ID, secretstore.Pod{Namespace: w.Namespace, Name: w.PodName, UID: w.PodUID}, names)
 }
 
 // resumable reports whether a stream's connection identifies its caller without a request.

@@ -56,9 +56,7 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 				// An ACK or NACK: nothing new was asked, and changes arrive on the subscription.
 				return nil
 			}
-			if s.cfg.Remembered != nil {
-				s.cfg.Remembered.Remember(caller.ID, names)
-			}
+			s.hold(caller, names)
 			sentVersion = "" // the new names must be answered even if nothing else changed
 		}
 		res, err := s.build(stream.Context(), caller, names)
