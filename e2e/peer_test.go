@@ -24,8 +24,9 @@ const (
 // credentials and its kubelet-style pod cgroup. The same process moved to another pod's cgroup
 // is that pod, and nothing else; outside any pod it is nobody.
 func TestPeerCredentialsIdentifySidecarsWithoutToken(t *testing.T) {
-	s, _ := startStackOpts(t, stack.Options{WorkloadAttestation: "token+peer"})
 	cg := podcgroup.New(t)
+	s, _ := startStackOpts(t, stack.Options{WorkloadAttestation: "token+peer",
+		Extra: map[string][]string{stack.NodeAgent: {"-cgroup-root", cg.CgroupRoot()}}})
 	child := startSidecarChild(t, s.Socket("node-a"))
 	td := "spiffe://cluster.local"
 
@@ -47,7 +48,7 @@ func TestPeerCredentialsIdentifySidecarsWithoutToken(t *testing.T) {
 		code, text string
 	}{
 		"outside any pod":       {cg.Outside(), "Unauthenticated", "pod"},
-		"in a pod of node-b":    {first2(cg.Pod(frontend1UID)), "PermissionDenied", "not on node node-a"},
+		"in a pod of node-b":    {first2(cg.Pod(frontend1UID)), "PermissionDenied", "does not report on node node-a"},
 		"in a pod nobody knows": {first2(cg.Pod("00000000-0000-4000-8000-000000000001")), "PermissionDenied", "does not report"},
 	} {
 		t.Run(name, func(t *testing.T) {

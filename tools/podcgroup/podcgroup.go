@@ -32,19 +32,20 @@ const TestPrefix = "portcullis-test-"
 
 // Cgroups is a tree of pod cgroups in one hierarchy, removed when the test ends.
 type Cgroups struct {
-	tb   testing.TB
-	base string // <hierarchy mount><own cgroup>/pc-<random>: "outside any pod"
-	made []string
+	tb    testing.TB
+	mount string // the hierarchy's mount point
+	base  string // <mount><own cgroup>/portcullis-test-<random>: "outside any pod"
+	made  []string
 }
 
 // New makes the tree's base, or fails the test saying why no hierarchy can hold it.
 func New(tb testing.TB) *Cgroups {
 	tb.Helper()
-	own, err := ownCgroup()
+	mount, own, err := ownCgroup()
 	if err != nil {
 		tb.Fatalf("podcgroup: %v", err)
 	}
-	c := &Cgroups{tb: tb, base: filepath.Join(own, TestPrefix+randomHex(4))}
+	c := &Cgroups{tb: tb, mount: mount, base: filepath.Join(mount, own, TestPrefix+randomHex(4))}
 	if err := os.Mkdir(c.base, 0o755); err != nil {
 		tb.Fatalf("podcgroup: %v (pod cgroups need root)", err)
 	}
@@ -55,10 +56,10 @@ func New(tb testing.TB) *Cgroups {
 
 // ownCgroup finds a hierarchy where this process's cgroup is not the root: v1 controllers first
 // (cgroupfs kubelets on hybrid hosts), then the v2 unified mount.
-func ownCgroup() (string, error) {
+func ownCgroup() (mount, own string, err error) {
 	f, err := os.Open("/proc/self/cgroup")
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	defer f.Close()
 	var seen []string
@@ -79,9 +80,8 @@ func ownCgroup() (string, error) {
 				mount = Root // a pure v2 host
 			}
 		}
-		dir := filepath.Join(mount, parts[2])
-		if _, err := os.Stat(filepath.Join(dir, "cgroup.procs")); err == nil {
-			return dir, nil
+		if _, err := os.Stat(filepath.Join(mount, parts[2], "cgroup.procs")); err == nil {
+			return mount, parts[2], nil
 		}
 	}
 	// At the root everywhere: a top-level cgroup with the prefix the cluster's host snapshot
@@ -89,11 +89,15 @@ func ownCgroup() (string, error) {
 	for _, h := range []string{"pids", "unified", ""} {
 		mount := filepath.Join(Root, h)
 		if _, err := os.Stat(filepath.Join(mount, "cgroup.procs")); err == nil {
-			return mount, nil
+			return mount, "/", nil
 		}
 	}
-	return "", fmt.Errorf("no writable cgroup hierarchy under %s (this process: %s)", Root, strings.Join(seen, "; "))
+	return "", "", fmt.Errorf("no writable cgroup hierarchy under %s (this process: %s)", Root, strings.Join(seen, "; "))
 }
+
+// CgroupRoot is the tree's root as a kubelet's --cgroup-root names it (the path in
+// /proc/<pid>/cgroup): the node agent's -cgroup-root.
+func (c *Cgroups) CgroupRoot() string { return "/" + strings.TrimPrefix(c.base, c.mount+"/") }
 
 // Outside is a cgroup in no pod.
 func (c *Cgroups) Outside() string { return c.base }

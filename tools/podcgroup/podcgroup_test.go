@@ -27,7 +27,7 @@ func TestProcessMovesBetweenPodsAndTheTreeIsRemoved(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := "/kubepods/besteffort/pod0f6c8a52-3b1e-4d7a-9c2f-5e8b1a6d4c3f/" + cid
+		want := c.CgroupRoot() + "/kubepods/besteffort/pod0f6c8a52-3b1e-4d7a-9c2f-5e8b1a6d4c3f/" + cid
 		if !strings.Contains(string(b), want) {
 			t.Fatalf("/proc/<pid>/cgroup =\n%s\nwant a line ending in %s", b, want)
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/portcullis-mesh/portcullis/libs/events"
@@ -59,6 +60,17 @@ type Config struct {
 	WorkloadAttestation string
 	// ProcRoot is where the host's /proc is (peer credentials resolve pids there).
 	ProcRoot string
+	// CgroupRoot is the kubelet's --cgroup-root: pod cgroups are found only under it.
+	CgroupRoot string
+	// State keeps certificates and keys across restarts (package secretstore).
+	State State
+}
+
+// State configures the node-local store of certificates and keys.
+type State struct {
+	Dir          string
+	KeyFile      string
+	RestoreGrace time.Duration
 }
 
 // SDSLimits bound the streams on the SDS socket (see package sdslimits).
@@ -83,6 +95,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.WorkloadAttestation, "workload-attestation", string(identity.ModeTokenPeer),
 		"how callers on the shared socket are identified: token, peer (the kernel's peer credentials and the caller's pod cgroup), or token+peer (peer credentials required; a token, if sent, must name the same pod)")
 	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "the host's /proc (the agent needs the host's pid namespace for peer credentials)")
+	fs.StringVar(&c.CgroupRoot, "cgroup-root", "/", "the kubelet's --cgroup-root: a caller is in a pod only if its cgroup is a pod cgroup under it")
+	fs.StringVar(&c.State.Dir, "state-dir", "", "node-local directory (0700; a tmpfs) that keeps workload keys and certificates across agent restarts; empty keeps nothing")
+	fs.StringVar(&c.State.KeyFile, "state-key-file", "", "file with a 32-byte key (hex, base64 or raw) that encrypts -state-dir (AES-256-GCM); empty stores plain 0600 files")
+	fs.DurationVar(&c.State.RestoreGrace, "state-restore-grace", secrets.DefaultRestoreGrace, "how long a restored identity is kept and renewed before a sidecar of its pod reconnects")
 	fs.StringVar(&c.TokenIssuer, "token-issuer", "", "issuer (iss) of workload tokens")
 	fs.StringVar(&c.TokenAudience, "token-audience", "portcullis", "accepted token audiences, comma-separated")
 	c.TokenKeys.RegisterFlags(fs)
@@ -117,6 +133,15 @@ func (c *Config) Validate() error {
 	}
 	if _, err := identity.ParseMode(c.WorkloadAttestation); err != nil {
 		errs = append(errs, fmt.Errorf("-workload-attestation: %w", err))
+	}
+	if c.State.KeyFile != "" && c.State.Dir == "" {
+		errs = append(errs, errors.New("-state-key-file needs -state-dir"))
+	}
+	if c.State.RestoreGrace < 0 {
+		errs = append(errs, fmt.Errorf("-state-restore-grace %s must not be negative", c.State.RestoreGrace))
+	}
+	if !strings.HasPrefix(c.CgroupRoot, "/") {
+		errs = append(errs, fmt.Errorf("-cgroup-root %q must be an absolute cgroup path", c.CgroupRoot))
 	}
 	if c.TokenIssuer == "" {
 		errs = append(errs, errors.New("-token-issuer is required"))
