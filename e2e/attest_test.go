@@ -117,7 +117,7 @@ func attestMetric(t *testing.T, s *stack.Stack, result string) string {
 }
 
 // metric reads one sample, named with its labels, from a service's /metrics ("0" if absent).
-func metric(t *testing.T, p *stack.Process, sample string) string {
+func metric(t testing.TB, p *stack.Process, sample string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + p.Addr("admin") + "/metrics")
 	if err != nil {

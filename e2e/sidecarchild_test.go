@@ -30,8 +30,8 @@ import (
 // command per line on stdin and answers one JSON line on stdout:
 //
 //	fetch            a new connection and stream asks for default and ROOTCA: {id, serial, key} or {error, code}
-//	open N silent    N streams, each on a connection of its own, that follow pushes and reconnect
-//	                 when their stream breaks, asking again like Envoy or (silent) not, like MOSN
+//	open N silent    N streams, 100 to a connection, that follow pushes and reopen when they
+//	                 break, asking again like Envoy or (silent) not, like MOSN
 //	mark             starts a new epoch: {epoch}
 //	status           {streams, fresh (streams that received in this epoch), ids, keys, serials, errors}
 const sidecarChildEnv = "PORTCULLIS_E2E_SIDECAR_SOCKET"
@@ -125,37 +125,46 @@ type childStreams struct {
 	errs   map[string]bool
 }
 
+// streamsPerConn is how many of the child's streams share one connection (Envoy multiplexes its
+// SDS streams on one gRPC connection too).
+const streamsPerConn = 100
+
 func (c *childStreams) open(n int, silent bool) {
 	c.mu.Lock()
 	base := len(c.last)
 	c.last = append(c.last, make([]childAnswer, n)...)
 	c.at = append(c.at, make([]int, n)...)
 	c.mu.Unlock()
+	var cl *sdsclient.Client
 	for i := range n {
-		go c.follow(base+i, silent)
+		if i%streamsPerConn == 0 {
+			var err error
+			if cl, err = sdsclient.Dial(c.socket); err != nil {
+				c.fail(err)
+				return
+			}
+		}
+		go c.follow(cl, base+i, silent)
 	}
 }
 
-// follow keeps stream i open for the child's life.
-func (c *childStreams) follow(i int, silent bool) {
+// follow keeps stream i open on cl for the child's life: gRPC reconnects cl when the agent
+// comes back, and the stream is opened again on it.
+func (c *childStreams) follow(cl *sdsclient.Client, i int, silent bool) {
 	asked := false
 	for {
-		cl, err := sdsclient.Dial(c.socket)
+		st, err := cl.Open(context.Background(), "sidecar-child", sdsclient.Credential{})
 		if err == nil {
-			var st *sdsclient.Stream
-			if st, err = cl.Open(context.Background(), "sidecar-child", sdsclient.Credential{}); err == nil {
-				if !silent || !asked {
-					err = st.Request(true, "default", "ROOTCA")
-					asked = true
-				}
-				for err == nil {
-					var secrets map[string]*tlsv3.Secret
-					if secrets, err = st.Recv(); err == nil {
-						c.record(i, describe(secrets))
-					}
+			if !silent || !asked {
+				err = st.Request(true, "default", "ROOTCA")
+				asked = true
+			}
+			for err == nil {
+				var secrets map[string]*tlsv3.Secret
+				if secrets, err = st.Recv(); err == nil {
+					c.record(i, describe(secrets))
 				}
 			}
-			cl.Close()
 		}
 		c.fail(err)
 		time.Sleep(100 * time.Millisecond) // as a sidecar backs off before it reconnects

@@ -66,6 +66,11 @@ func (s *Server) resumingRecv(ctx context.Context, recv func() (*discovery.Disco
 	if !s.resumable(ctx) {
 		return recv
 	}
+	// The connection authenticated the stream: it no longer counts among the streams that have
+	// not shown who they are (sdslimits), and is not ended for sending nothing.
+	if s.cfg.Started != nil {
+		s.cfg.Started(ctx)
+	}
 	type result struct {
 		req *discovery.DiscoveryRequest
 		err error

@@ -23,9 +23,6 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 	)
 	return serveSession(s, stream.Context(), s.resumingRecv(stream.Context(), stream.Recv), func(caller identity.Caller, req *discovery.DiscoveryRequest) error {
 		if req == resumeRequest {
-			if s.cfg.Started != nil {
-				s.cfg.Started(stream.Context())
-			}
 			names, resumed = s.resumeNames(caller), true
 			s.cfg.Observe.Resumed()
 			s.cfg.Logger.Info("resumed a silent sds stream", "spiffe_id", caller.ID.String(), "via", caller.Via, "names", names)
