@@ -35,7 +35,7 @@ type fixture struct {
 	auth   *identity.Authenticator
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	clk := testingclock.NewFakeClock(time.Date(2031, 3, 4, 5, 6, 7, 0, time.UTC))
 	issuer, err := workloadtoken.NewIssuer(issuerID, clk)
@@ -55,7 +55,7 @@ func newFixture(t *testing.T) *fixture {
 }
 
 // apply feeds pods to the real mcpclient view the way the MCP watch does.
-func (f *fixture) apply(t *testing.T, pods ...*mcpv1.Pod) {
+func (f *fixture) apply(t testing.TB, pods ...*mcpv1.Pod) {
 	t.Helper()
 	var res []*anypb.Any
 	for _, p := range pods {
