@@ -113,7 +113,13 @@ func newAttestCSR(t *testing.T) []byte {
 // attestMetric reads citadel's attestation counter for result from its /metrics.
 func attestMetric(t *testing.T, s *stack.Stack, result string) string {
 	t.Helper()
-	resp, err := http.Get("http://" + s.Process(stack.Citadel).Addr("admin") + "/metrics")
+	return metric(t, s.Process(stack.Citadel), `portcullis_citadel_attest_requests_total{result="`+result+`"}`)
+}
+
+// metric reads one sample, named with its labels, from a service's /metrics ("0" if absent).
+func metric(t testing.TB, p *stack.Process, sample string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + p.Addr("admin") + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,9 +128,8 @@ func attestMetric(t *testing.T, s *stack.Stack, result string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	prefix := `portcullis_citadel_attest_requests_total{result="` + result + `"} `
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, prefix); ok {
+		if v, ok := strings.CutPrefix(line, sample+" "); ok {
 			return v
 		}
 	}

@@ -21,6 +21,9 @@ import (
 var binDir string
 
 func TestMain(m *testing.M) {
+	if socket := os.Getenv(sidecarChildEnv); socket != "" {
+		os.Exit(runSidecarChild(socket))
+	}
 	os.Exit(func() int {
 		dir, err := os.MkdirTemp("", "portcullis-e2e-bin-")
 		if err != nil {

@@ -45,6 +45,19 @@ type Options struct {
 	// AttestedAgents starts node agents with only a token and the CA bundle: they obtain their
 	// certificates from citadel's node attestation (see attest.go).
 	AttestedAgents bool
+	// AgentState gives each node agent a -state-dir of its own (nodes/<node>/state), so that it
+	// keeps its workloads' certificates across restarts.
+	AgentState bool
+	// WorkloadAttestation is the agents' -workload-attestation; default "token": the processes a
+	// stack starts run in no pod cgroup unless a test puts them in one.
+	WorkloadAttestation string
+}
+
+func (o Options) workloadAttestation() string {
+	if o.WorkloadAttestation == "" {
+		return "token"
+	}
+	return o.WorkloadAttestation
 }
 
 // Stack is a running Portcullis.
@@ -180,7 +193,10 @@ func (s *Stack) addAgent(ctx context.Context, node string) error {
 	args := append([]string{"-node-name", node, "-socket", s.Socket(node), "-admin-listen", "127.0.0.1:0",
 		"-citadel-addr", s.Addr(Citadel), "-mcp-addr", s.Addr(MCPSync),
 		// Seconds, not the production minutes: a demo or a test watches a rotation happen.
-		"-rotate-jitter", "2s"}, append(s.tokenFlags(), s.nats...)...)
+		"-rotate-jitter", "2s", "-workload-attestation", s.opts.workloadAttestation()}, append(s.tokenFlags(), s.nats...)...)
+	if s.opts.AgentState {
+		args = append(args, "-state-dir", filepath.Join(s.opts.Dir, "nodes", node, "state"))
+	}
 	if s.opts.AttestedAgents {
 		return s.addAttestedAgent(ctx, node, args)
 	}

@@ -4,6 +4,10 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 )
 
@@ -60,4 +64,34 @@ func (i *Issuer) waitSynced(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("%w: %w", ErrPodsNotSynced, ctx.Err())
 	}
+}
+
+// authorizeAttestedPod admits a request the node agent makes for a pod it identified itself (by
+// peer credentials or a per-pod socket; see libs/attestedpod): the pod must exist with that UID
+// on the calling node, and its service account, as mcp-sync reports it, names the identity. The
+// agent's own mTLS identity is the credential, so an agent only ever speaks for its own node.
+func (i *Issuer) authorizeAttestedPod(ctx context.Context, node string, md *structpb.Struct) (spiffeid.ID, error) {
+	ref, err := attestedpod.From(md)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%w: %w", ErrUnauthenticated, err)
+	}
+	if err := i.waitSynced(ctx); err != nil {
+		return spiffeid.ID{}, err
+	}
+	pod, ok := i.cfg.Pods.Get(ref.Key())
+	switch {
+	case !ok:
+		return spiffeid.ID{}, fmt.Errorf("%w: attested pod %s does not exist (according to mcp-sync)", ErrForbidden, ref.Key())
+	case pod.GetUid() != ref.UID:
+		return spiffeid.ID{}, fmt.Errorf("%w: pod %s has uid %s, but the agent attested uid %s", ErrForbidden, ref.Key(), pod.GetUid(), ref.UID)
+	case pod.GetNodeName() != node:
+		return spiffeid.ID{}, fmt.Errorf("%w: attested pod %s runs on node %s, not on calling node %s", ErrForbidden, ref.Key(), pod.GetNodeName(), node)
+	case pod.GetServiceAccount() == "":
+		return spiffeid.ID{}, fmt.Errorf("%w: pod %s has no service account", ErrForbidden, ref.Key())
+	}
+	id, err := spiffeid.FromSegments(i.cfg.TrustDomain, "ns", pod.GetNamespace(), "sa", pod.GetServiceAccount())
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%w: %s has no valid spiffe id: %v", ErrForbidden, ref, err)
+	}
+	return id, nil
 }

@@ -5,9 +5,10 @@
 // detail an operator needs); the gRPC edge maps the sentinels to status codes:
 //
 //  1. the caller must be a node agent (ErrNotNodeAgent);
-//  2. the workload token must verify (ErrUnauthenticated);
-//  3. the token's pod must exist, with the token's UID, on the caller's node, under the token's
-//     service account (ErrForbidden; ErrPodsNotSynced before the first pod list arrived);
+//  2. the workload token must verify (ErrUnauthenticated); without one, the agent's statement of
+//     the pod it attested (libs/attestedpod) or a renewal proof (libs/renewalproof) stands in;
+//  3. the pod must exist, with the token's (or statement's) UID, on the caller's node, under the
+//     token's service account (ErrForbidden; ErrPodsNotSynced before the first pod list arrived);
 //  4. the CSR must be at most MaxCSRBytes, parse and carry an acceptable key (ErrInvalidCSR); it is
 //     parsed only once the caller is authenticated (a renewal proof is checked on its bytes);
 //  5. the identity is spiffe://<td>/ns/<ns>/sa/<sa>, whatever names the CSR asks for;
@@ -29,6 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	"k8s.io/utils/clock"
 
+	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/libs/expirycache"
 	"github.com/portcullis-mesh/portcullis/libs/renewalproof"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
@@ -190,7 +192,20 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 		csr *x509.CertificateRequest
 		err error
 	)
-	if req.Token == "" && renewalproof.Present(req.Renewal) {
+	switch {
+	case req.Token == "" && attestedpod.Present(req.Renewal):
+		if renewalproof.Present(req.Renewal) {
+			m.AuthenticationFailures.Inc()
+			return Result{}, fmt.Errorf("%w: a request carries an attested pod or a renewal proof, not both", ErrUnauthenticated)
+		}
+		if id, err = i.authorizeAttestedPod(ctx, node, req.Renewal); err != nil {
+			countRefusal(m, err)
+			return Result{}, err
+		}
+		if csr, err = i.parseCSR(req.CSR); err != nil {
+			return Result{}, err
+		}
+	case req.Token == "" && renewalproof.Present(req.Renewal):
 		// The proof signs the CSR's bytes, so it is checked on them before the CSR is parsed or
 		// remembered: a caller that cannot prove anything costs no more than a PEM decode.
 		der, err := decodeCSR(req.CSR)
@@ -206,7 +221,7 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 			m.CSRParsingErrors.Inc()
 			return Result{}, err
 		}
-	} else {
+	default:
 		w, err := i.verifyToken(req.Token)
 		if err != nil {
 			m.AuthenticationFailures.Inc()
@@ -216,12 +231,7 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 			countRefusal(m, err)
 			return Result{}, err
 		}
-		der, err := decodeCSR(req.CSR)
-		if err == nil {
-			csr, err = i.checkCSR(der)
-		}
-		if err != nil {
-			m.CSRParsingErrors.Inc()
+		if csr, err = i.parseCSR(req.CSR); err != nil {
 			return Result{}, err
 		}
 		if id, err = spiffeid.FromSegments(i.cfg.TrustDomain, "ns", w.Namespace, "sa", w.ServiceAccount); err != nil {
@@ -240,6 +250,19 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 	}
 	m.SuccessCertIssuance.Inc()
 	return res, nil
+}
+
+// parseCSR decodes and checks a PEM CSR, counting a bad one.
+func (i *Issuer) parseCSR(pemCSR string) (*x509.CertificateRequest, error) {
+	der, err := decodeCSR(pemCSR)
+	if err == nil {
+		var csr *x509.CertificateRequest
+		if csr, err = i.checkCSR(der); err == nil {
+			return csr, nil
+		}
+	}
+	i.cfg.Metrics.CSRParsingErrors.Inc()
+	return nil, err
 }
 
 // ttl applies the default and the ceiling to a requested validity.

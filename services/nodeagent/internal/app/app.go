@@ -117,10 +117,20 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 	pods := mcpclient.NewPods()
 	keyType, _ := secrets.ParseKeyType(a.cfg.KeyType) // validated in config
 	citadel := citadelclient.New(citadelConn)
-	manager := secrets.New(secrets.Config{
+	store, err := a.openStore()
+	if err != nil {
+		return err
+	}
+	scfg := secrets.Config{
 		Signer: citadel, Bundles: citadel, Clock: clock.RealClock{}, Logger: a.logger, Observe: m, Rotations: m,
 		TTL: a.cfg.CertTTL, KeyType: keyType, Jitter: a.cfg.RenewJitter, Refresh: a.cfg.BundleRefresh,
-	})
+		RestoreGrace: a.cfg.State.RestoreGrace,
+	}
+	if store != nil {
+		defer store.Close()
+		scfg.Store = store
+	}
+	manager := secrets.New(scfg)
 	limits, err := sdslimits.New(sdslimits.Config{
 		FirstRequestTimeout: a.cfg.SDS.FirstRequestTimeout, MaxUnauthenticated: a.cfg.SDS.MaxUnauthenticated,
 		MaxStreamsPerConn: a.cfg.SDS.MaxStreamsPerConn, MaxStreamsPerCaller: a.cfg.SDS.MaxStreamsPerPod,
@@ -133,15 +143,17 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		Auth: &identity.Authenticator{
 			// Each SDS stream of a pod presents the same token: check its signature once.
 			Verifier: workloadtoken.NewCachedVerifier(a.verifier, nil, verifiedTokenMaxAge, verifiedTokenCacheSize),
-			Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td,
+			Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td, Mode: identity.Mode(a.cfg.WorkloadAttestation), Logger: a.logger,
 		},
 		Secrets: manager, Logger: a.logger, Observe: m, Callers: limits,
+		PeerIdentifies: identity.Mode(a.cfg.WorkloadAttestation) != identity.ModeToken,
+		ResumeAfter:    a.cfg.SDS.ResumeAfter, Remembered: manager, Started: sdslimits.Started, Peer: peerOf,
 	})
 	lis, err := a.listenSocket()
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer(limits.ServerOptions()...)
+	srv := grpc.NewServer(append(limits.ServerOptions(), a.peerOptions()...)...)
 	secretv3.RegisterSecretDiscoveryServiceServer(srv, sdsServer)
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
@@ -173,7 +185,14 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		a.logger.Warn("no -nats-url: rotation events are not followed; the bundle is polled every -bundle-refresh and certificates renew on their timers")
 	}
 	g.Go(func() error { return a.refreshKeys(ctx) })
-	g.Go(func() error { return lifecycle.ServeGRPC(ctx, srv, lis) })
+	g.Go(func() error {
+		if store != nil {
+			// Connections wait in the socket's backlog meanwhile: a sidecar that reconnects is
+			// answered from what the agent held, with no CSR and no call to the CA.
+			restore(ctx, manager, pods, a.cfg.NodeName, a.logger)
+		}
+		return lifecycle.ServeGRPC(ctx, srv, lis)
+	})
 	a.logger.Info("node agent started", "node", a.cfg.NodeName, "spiffe_id", a.id.ID().String(), "socket", a.cfg.Socket)
 	<-ctx.Done() // the connections closed by the defers above live as long as the agent
 	return nil

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/libs/renewalproof"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	authv1 "github.com/portcullis-mesh/portcullis/proto/istio/v1/auth"
@@ -32,11 +33,14 @@ func New(conn grpc.ClientConnInterface) *Client {
 	return &Client{ca: authv1.NewIstioCertificateServiceClient(conn), bundle: cav1.NewTrustBundleServiceClient(conn)}
 }
 
-// Sign forwards the CSR with the workload's token, as istio-agent does, or with a renewal proof
-// made with the current certificate's key.
+// Sign forwards the CSR with the agent's statement of the pod it attested, with the workload's
+// token (as istio-agent does), or with a renewal proof made with the current certificate's key.
 func (c *Client) Sign(ctx context.Context, csrPEM []byte, cred secrets.Credential, ttl time.Duration) ([]*x509.Certificate, error) {
 	req := &authv1.IstioCertificateRequest{Csr: string(csrPEM), ValidityDuration: int64(ttl / time.Second)}
-	if cur := cred.Current; cur != nil {
+	switch cur := cred.Current; {
+	case cred.Pod != nil:
+		req.Metadata = attestedpod.Set(nil, *cred.Pod)
+	case cur != nil:
 		block, _ := pem.Decode(csrPEM)
 		if block == nil {
 			return nil, fmt.Errorf("renewal: csr is not PEM")
@@ -46,7 +50,7 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, cred secrets.Credentia
 			return nil, err
 		}
 		req.Metadata = proof
-	} else {
+	default:
 		ctx = metadata.AppendToOutgoingContext(ctx, workloadtoken.GRPCMetadataKey, "Bearer "+cred.Token)
 	}
 	resp, err := c.ca.CreateCertificate(ctx, req)

@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
 
@@ -54,11 +56,30 @@ type Config struct {
 	BundleJitter  time.Duration
 	RotateJitter  time.Duration
 	Attest        Attest
-	CSI           CSI
+	// CSI makes the agent a CSI driver of per-pod sockets (package csi).
+	CSI CSI
+	// WorkloadAttestation is how callers on the shared socket are identified (identity.Mode).
+	WorkloadAttestation string
+	// ProcRoot is where the host's /proc is (peer credentials resolve pids there).
+	ProcRoot string
+	// CgroupRoot is the kubelet's --cgroup-root: pod cgroups are found only under it.
+	CgroupRoot string
+	// State keeps certificates and keys across restarts (package secretstore).
+	State State
+}
+
+// State configures the node-local store of certificates and keys.
+type State struct {
+	Dir          string
+	KeyFile      string
+	RestoreGrace time.Duration
 }
 
 // SDSLimits bound the streams on the SDS socket (see package sdslimits).
 type SDSLimits struct {
+	// ResumeAfter is how long a silent stream of a caller its connection identifies is given to
+	// ask before it is answered anyway (sds/resume.go); 0 disables.
+	ResumeAfter         time.Duration
 	FirstRequestTimeout time.Duration
 	MaxUnauthenticated  int
 	MaxStreamsPerConn   int
@@ -73,6 +94,13 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CitadelAddr, "citadel-addr", "127.0.0.1:15012", "citadel gRPC address")
 	fs.StringVar(&c.MCPAddr, "mcp-addr", "127.0.0.1:15010", "mcp-sync gRPC address")
 	fs.StringVar(&c.AdminListen, "admin-listen", "127.0.0.1:15020", "address of /metrics, /healthz and /readyz")
+	fs.StringVar(&c.WorkloadAttestation, "workload-attestation", string(identity.ModeTokenPeer),
+		"how callers on the shared socket are identified: token, peer (the kernel's peer credentials and the caller's pod cgroup), or token+peer (peer credentials required; a token, if sent, must name the same pod)")
+	fs.StringVar(&c.ProcRoot, "proc-root", "/proc", "the host's /proc (the agent needs the host's pid namespace for peer credentials)")
+	fs.StringVar(&c.CgroupRoot, "cgroup-root", "/", "the kubelet's --cgroup-root: a caller is in a pod only if its cgroup is a pod cgroup under it")
+	fs.StringVar(&c.State.Dir, "state-dir", "", "node-local directory (0700; a tmpfs) that keeps workload keys and certificates across agent restarts; empty keeps nothing")
+	fs.StringVar(&c.State.KeyFile, "state-key-file", "", "file with a 32-byte key (hex, base64 or raw) that encrypts -state-dir (AES-256-GCM); empty stores plain 0600 files")
+	fs.DurationVar(&c.State.RestoreGrace, "state-restore-grace", secrets.DefaultRestoreGrace, "how long a restored identity is kept and renewed before a sidecar of its pod reconnects")
 	fs.StringVar(&c.TokenIssuer, "token-issuer", "", "issuer (iss) of workload tokens")
 	fs.StringVar(&c.TokenAudience, "token-audience", "portcullis", "accepted token audiences, comma-separated")
 	c.TokenKeys.RegisterFlags(fs)
@@ -86,6 +114,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.NATS.RegisterFlags(fs)
 	fs.DurationVar(&c.BundleJitter, "bundle-jitter", 250*time.Millisecond, "spread of trust bundle refetches after a bundle event, so a fleet does not reach citadel at once")
 	fs.DurationVar(&c.RotateJitter, "rotate-jitter", 2*time.Minute, "spread of re-issues after a CA activation or a forced rotation (revocations are acted on at once)")
+	fs.DurationVar(&c.SDS.ResumeAfter, "sds-resume-after", 2*time.Second,
+		"a stream whose connection identifies its caller (per-pod socket, peer credentials) and that asks for nothing this long is answered with what its identity asked for before, as sidecars that reconnect without asking again (MOSN) need; 0 disables")
 	fs.DurationVar(&c.SDS.FirstRequestTimeout, "sds-first-request-timeout", DefaultSDSFirstRequestTimeout, "an SDS stream that sends no request this long after opening is ended")
 	fs.IntVar(&c.SDS.MaxUnauthenticated, "sds-max-unauthenticated-streams", DefaultSDSMaxUnauthenticated, "most SDS streams, agent-wide, that have not sent their first request; more are refused")
 	fs.IntVar(&c.SDS.MaxStreamsPerConn, "sds-max-streams-per-conn", DefaultSDSMaxStreamsPerConn, "most concurrent streams on one connection to the SDS socket")
@@ -103,6 +133,18 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.Mode(); err != nil {
 		errs = append(errs, err)
+	}
+	if _, err := identity.ParseMode(c.WorkloadAttestation); err != nil {
+		errs = append(errs, fmt.Errorf("-workload-attestation: %w", err))
+	}
+	if c.State.KeyFile != "" && c.State.Dir == "" {
+		errs = append(errs, errors.New("-state-key-file needs -state-dir"))
+	}
+	if c.State.RestoreGrace < 0 {
+		errs = append(errs, fmt.Errorf("-state-restore-grace %s must not be negative", c.State.RestoreGrace))
+	}
+	if !strings.HasPrefix(c.CgroupRoot, "/") {
+		errs = append(errs, fmt.Errorf("-cgroup-root %q must be an absolute cgroup path", c.CgroupRoot))
 	}
 	if c.TokenIssuer == "" {
 		errs = append(errs, errors.New("-token-issuer is required"))
@@ -127,6 +169,9 @@ func (c *Config) Validate() error {
 	errs = append(errs, c.validateTLS(), c.NATS.Validate(), c.CSI.Validate())
 	if c.BundleJitter < 0 || c.RotateJitter < 0 {
 		errs = append(errs, fmt.Errorf("-bundle-jitter (%s) and -rotate-jitter (%s) must not be negative", c.BundleJitter, c.RotateJitter))
+	}
+	if c.SDS.ResumeAfter < 0 || c.SDS.ResumeAfter >= c.SDS.FirstRequestTimeout {
+		errs = append(errs, fmt.Errorf("-sds-resume-after (%s) must be at least 0 and shorter than -sds-first-request-timeout (%s)", c.SDS.ResumeAfter, c.SDS.FirstRequestTimeout))
 	}
 	if c.SDS.FirstRequestTimeout <= 0 || c.SDS.MaxUnauthenticated <= 0 || c.SDS.MaxStreamsPerConn <= 0 || c.SDS.MaxStreamsPerPod <= 0 {
 		errs = append(errs, fmt.Errorf("-sds-first-request-timeout (%s), -sds-max-unauthenticated-streams (%d), -sds-max-streams-per-conn (%d) and -sds-max-streams-per-pod (%d) must be positive",

@@ -3,6 +3,7 @@ package identity_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -34,7 +35,7 @@ type fixture struct {
 	auth   *identity.Authenticator
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t testing.TB) *fixture {
 	t.Helper()
 	clk := testingclock.NewFakeClock(time.Date(2031, 3, 4, 5, 6, 7, 0, time.UTC))
 	issuer, err := workloadtoken.NewIssuer(issuerID, clk)
@@ -49,12 +50,12 @@ func newFixture(t *testing.T) *fixture {
 	}
 	pods := &spyPods{Pods: mcpclient.NewPods(), syncedAsked: make(chan struct{}, 1)}
 	return &fixture{clk: clk, issuer: issuer, pods: pods, auth: &identity.Authenticator{
-		Verifier: verifier, Pods: pods, NodeName: node, TrustDomain: td,
+		Mode: identity.ModeToken, Verifier: verifier, Pods: pods, NodeName: node, TrustDomain: td, Logger: slog.New(slog.DiscardHandler),
 	}}
 }
 
 // apply feeds pods to the real mcpclient view the way the MCP watch does.
-func (f *fixture) apply(t *testing.T, pods ...*mcpv1.Pod) {
+func (f *fixture) apply(t testing.TB, pods ...*mcpv1.Pod) {
 	t.Helper()
 	var res []*anypb.Any
 	for _, p := range pods {
@@ -103,7 +104,7 @@ func TestGoodTokenYieldsSpiffeID(t *testing.T) {
 	f := newFixture(t)
 	f.apply(t, pod(cart, node))
 	tok := f.token(t, cart, audience, time.Hour)
-	c, err := f.auth.Authenticate(context.Background(), tok)
+	c, err := f.auth.Authenticate(context.Background(), identity.Evidence{Token: tok})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +180,7 @@ func TestRefusals(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newFixture(t)
 			f.apply(t, tc.pods...)
-			c, err := f.auth.Authenticate(context.Background(), tc.token(t, f))
+			c, err := f.auth.Authenticate(context.Background(), identity.Evidence{Token: tc.token(t, f)})
 			if !errors.Is(err, tc.want) {
 				t.Fatalf("Authenticate = %+v, %v; want %v", c, err, tc.want)
 			}
@@ -204,7 +205,7 @@ func TestWaitsForThePodViewThenSucceeds(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		c, err := f.auth.Authenticate(ctx, tok)
+		c, err := f.auth.Authenticate(ctx, identity.Evidence{Token: tok})
 		done <- result{c, err}
 	}()
 	select {
@@ -233,7 +234,7 @@ func TestWaitForThePodViewEndsWithTheCaller(t *testing.T) {
 	tok := f.token(t, cart, audience, time.Hour)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := f.auth.Authenticate(ctx, tok)
+	_, err := f.auth.Authenticate(ctx, identity.Evidence{Token: tok})
 	if !errors.Is(err, context.Canceled) || errors.Is(err, identity.ErrUnauthenticated) || errors.Is(err, identity.ErrNotOnNode) {
 		t.Fatalf("canceled before sync: %v; want context.Canceled and no verdict on the caller", err)
 	}

@@ -19,6 +19,7 @@ const (
 	sdsRefused        = "portcullis_nodeagent_sds_refused_total"
 	sdsLimitRefused   = "portcullis_nodeagent_sds_limit_refusals_total"
 	sdsUnauth         = "portcullis_nodeagent_sds_unauthenticated_streams"
+	sdsResumed        = "portcullis_nodeagent_sds_resumed_streams_total"
 	certIssued        = "portcullis_nodeagent_cert_issuance_total"
 	certIssueFailed   = "portcullis_nodeagent_cert_issuance_failures_total"
 	certIssueSeconds  = "portcullis_nodeagent_cert_issuance_duration_seconds"
@@ -37,6 +38,7 @@ type Metrics struct {
 	refused       *prometheus.CounterVec
 	limitRefused  *prometheus.CounterVec
 	unauth        prometheus.Gauge
+	resumed       prometheus.Counter
 	issued        prometheus.Counter
 	issueFailed   prometheus.Counter
 	issueDuration prometheus.Histogram
@@ -57,6 +59,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		limitRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: sdsLimitRefused,
 			Help: "SDS streams refused or ended by a limit, by reason: first_request_timeout, unauthenticated_streams, streams_per_connection, streams_per_caller."}, []string{"reason"}),
 		unauth:        prometheus.NewGauge(prometheus.GaugeOpts{Name: sdsUnauth, Help: "SDS streams open that have not sent their first request."}),
+		resumed:       prometheus.NewCounter(prometheus.CounterOpts{Name: sdsResumed, Help: "Silent SDS streams answered with the names their identity asked for before (sidecars such as MOSN that reconnect without asking again)."}),
 		issued:        prometheus.NewCounter(prometheus.CounterOpts{Name: certIssued, Help: "Workload certificates issued."}),
 		issueFailed:   prometheus.NewCounter(prometheus.CounterOpts{Name: certIssueFailed, Help: "Failed certificate issuances and renewals."}),
 		issueDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: certIssueSeconds, Help: "Time to make a key and get it signed.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}),
@@ -69,7 +72,7 @@ func New(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 16),
 		}, []string{"kind"}),
 	}
-	reg.MustRegister(m.streams, m.pushes, m.nacks, m.refused, m.limitRefused, m.unauth, m.issued, m.issueFailed, m.issueDuration, m.expiry, m.roots, m.rootsExpiry, m.version, m.applied)
+	reg.MustRegister(m.streams, m.pushes, m.nacks, m.refused, m.limitRefused, m.unauth, m.resumed, m.issued, m.issueFailed, m.issueDuration, m.expiry, m.roots, m.rootsExpiry, m.version, m.applied)
 	return m
 }
 
@@ -79,6 +82,7 @@ func (m *Metrics) Pushed(name string)             { m.pushes.WithLabelValues(res
 func (m *Metrics) Nacked(_ []string, _ string)    { m.nacks.Inc() }
 func (m *Metrics) Refused(code codes.Code)        { m.refused.WithLabelValues(code.String()).Inc() }
 func (m *Metrics) IssueFailed(spiffeid.ID, error) { m.issueFailed.Inc() }
+func (m *Metrics) Resumed()                       { m.resumed.Inc() }
 func (m *Metrics) LimitRefused(reason string)     { m.limitRefused.WithLabelValues(reason).Inc() }
 func (m *Metrics) Unauthenticated(delta int)      { m.unauth.Add(float64(delta)) }
 func (m *Metrics) Dropped(id spiffeid.ID)         { m.expiry.DeleteLabelValues(id.String()) }

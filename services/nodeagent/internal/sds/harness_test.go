@@ -80,6 +80,10 @@ type harness struct {
 type options struct {
 	unsynced bool              // do not apply the pod view yet
 	limits   *sdslimits.Config // serve with these limits (on the harness's clock and observer)
+	// peer, if set, is what every connection says of its caller (as a per-pod socket or peer
+	// credentials would), and silent streams are resumed after resumeAfter.
+	peer        *identity.Peer
+	resumeAfter time.Duration
 }
 
 func newHarness(tb testing.TB, opt options) *harness {
@@ -109,13 +113,18 @@ func newHarness(tb testing.TB, opt options) *harness {
 	})
 	h.secrets = &secretsSpy{Manager: h.manager}
 	h.auth = &authSpy{entered: make(chan struct{}, 1), inner: &identity.Authenticator{
-		Verifier: verifier, Pods: h.pods, NodeName: nodeName, TrustDomain: trustDomain,
+		Mode: identity.ModeToken, Verifier: verifier, Pods: h.pods, NodeName: nodeName, TrustDomain: trustDomain,
 	}}
 	if !opt.unsynced {
 		h.syncPods(tb)
 	}
 
 	cfg := sds.Config{Auth: h.auth, Secrets: h.secrets, Logger: logger, Observe: h.obs}
+	if opt.peer != nil {
+		p := *opt.peer
+		cfg.Peer = func(context.Context) identity.Peer { return p }
+		cfg.ResumeAfter, cfg.Remembered, cfg.Started = opt.resumeAfter, h.manager, sdslimits.Started
+	}
 	var opts []grpc.ServerOption
 	if opt.limits != nil {
 		lc := *opt.limits
@@ -266,12 +275,12 @@ type authSpy struct {
 	entered chan struct{}
 }
 
-func (a *authSpy) Authenticate(ctx context.Context, token string) (identity.Caller, error) {
+func (a *authSpy) Authenticate(ctx context.Context, ev identity.Evidence) (identity.Caller, error) {
 	select {
 	case a.entered <- struct{}{}:
 	default:
 	}
-	return a.inner.Authenticate(ctx, token)
+	return a.inner.Authenticate(ctx, ev)
 }
 
 // secretsSpy is the real Manager, counting how often the server builds a certificate resource, so
@@ -282,11 +291,11 @@ type secretsSpy struct {
 	calls int
 }
 
-func (s *secretsSpy) Certificate(ctx context.Context, id spiffeid.ID, token string) (*secrets.Certificate, error) {
+func (s *secretsSpy) Certificate(ctx context.Context, id spiffeid.ID, cred secrets.Credential) (*secrets.Certificate, error) {
 	s.mu.Lock()
 	s.calls++
 	s.mu.Unlock()
-	return s.Manager.Certificate(ctx, id, token)
+	return s.Manager.Certificate(ctx, id, cred)
 }
 
 func (s *secretsSpy) certificateCalls() int {
@@ -305,10 +314,13 @@ type observer struct {
 
 	limitRefused map[string]int // by reason
 	unauth       int            // streams waiting for their first request
+	resumed      int
 }
 
 func (o *observer) LimitRefused(reason string) { o.do(func() { o.limitRefused[reason]++ }) }
 func (o *observer) Unauthenticated(delta int)  { o.do(func() { o.unauth += delta }) }
+func (o *observer) Resumed()                   { o.do(func() { o.resumed++ }) }
+func (o *observer) resumedStreams() (n int)    { o.do(func() { n = o.resumed }); return n }
 func (o *observer) limitRefusals(reason string) (n int) {
 	o.do(func() { n = o.limitRefused[reason] })
 	return n

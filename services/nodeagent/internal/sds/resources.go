@@ -64,7 +64,7 @@ func (s *Server) build(ctx context.Context, caller identity.Caller, names []stri
 			b, err = s.rendered.bundle(roots, func() (built, error) { return renderBundle(roots) })
 		} else {
 			cert, cerr := retry(ctx, s.cfg.Logger, func() (*secrets.Certificate, error) {
-				return s.cfg.Secrets.Certificate(ctx, caller.ID, caller.Token)
+				return s.cfg.Secrets.Certificate(ctx, caller.ID, secrets.Credential{Pod: caller.Pod, Token: caller.Token})
 			})
 			if cerr != nil {
 				return nil, cerr

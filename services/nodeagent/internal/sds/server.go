@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
@@ -32,14 +33,14 @@ import (
 // SecretTypeURL is the xDS type URL of an SDS secret.
 const SecretTypeURL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
-// Authenticator verifies a caller's token (see identity.Authenticator).
+// Authenticator identifies a caller (see identity.Authenticator).
 type Authenticator interface {
-	Authenticate(ctx context.Context, token string) (identity.Caller, error)
+	Authenticate(ctx context.Context, ev identity.Evidence) (identity.Caller, error)
 }
 
 // Secrets is the agent's certificate store (see secrets.Manager).
 type Secrets interface {
-	Certificate(ctx context.Context, id spiffeid.ID, token string) (*secrets.Certificate, error)
+	Certificate(ctx context.Context, id spiffeid.ID, cred secrets.Credential) (*secrets.Certificate, error)
 	Roots(ctx context.Context) ([]*x509.Certificate, error)
 	SubscribeFunc(id spiffeid.ID, onChange func()) *secrets.Subscription
 	Unsubscribe(s *secrets.Subscription)
@@ -52,6 +53,8 @@ type Observer interface {
 	Pushed(name string)
 	Nacked(names []string, detail string)
 	Refused(code codes.Code)
+	// Resumed counts silent streams answered without a request (see resume.go).
+	Resumed()
 }
 
 // CallerLimiter bounds the streams one authenticated pod holds open; *sdslimits.Limiter
@@ -68,6 +71,20 @@ type Config struct {
 	Observe Observer
 	// Callers limits open streams per pod; nil means no limit.
 	Callers CallerLimiter
+	// Peer tells what the connection of a stream says about the caller (per-pod socket, peer
+	// credentials); nil means nothing.
+	Peer func(ctx context.Context) identity.Peer
+	// PeerIdentifies is true when peer credentials alone identify a caller (the peer and
+	// token+peer modes), so that a silent stream can be resumed (see resume.go).
+	PeerIdentifies bool
+	// ResumeAfter is how long a silent SotW stream is given to ask before it is resumed; 0
+	// disables resuming.
+	ResumeAfter time.Duration
+	// Remembered keeps the names each identity asked for; nil disables resuming.
+	Remembered Remembered
+	// Started tells the stream limits that a resumed stream is under way, as a first request
+	// would (sdslimits.Started); nil if there are no limits.
+	Started func(ctx context.Context)
 }
 
 // Server implements secretv3.SecretDiscoveryServiceServer.
@@ -80,8 +97,8 @@ type Server struct {
 // New returns a Server.
 func New(cfg Config) *Server { return &Server{cfg: cfg} }
 
-// authenticate finds the caller's token in gRPC metadata or, failing that, in the node metadata
-// of its first request, and verifies it.
+// authenticate identifies the caller from its connection and the token it sent, in gRPC metadata
+// or, failing that, in the node metadata of its first request.
 func (s *Server) authenticate(ctx context.Context, node *core.Node) (identity.Caller, error) {
 	tok := ""
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
@@ -94,9 +111,13 @@ func (s *Server) authenticate(ctx context.Context, node *core.Node) (identity.Ca
 	if tok == "" {
 		tok = node.GetMetadata().GetFields()[workloadtoken.NodeMetadataKey].GetStringValue()
 	}
-	caller, err := s.cfg.Auth.Authenticate(ctx, tok)
+	ev := identity.Evidence{Token: tok}
+	if s.cfg.Peer != nil {
+		ev.Peer = s.cfg.Peer(ctx)
+	}
+	caller, err := s.cfg.Auth.Authenticate(ctx, ev)
 	if err != nil {
-		s.cfg.Logger.Warn("sds caller refused", "node_id", node.GetId(), "err", err)
+		s.cfg.Logger.Warn("sds caller refused", "node_id", node.GetId(), "pid", ev.Peer.PID, "err", err)
 		return caller, err
 	}
 	return caller, nil
@@ -108,7 +129,7 @@ func (s *Server) toStatus(err error) error {
 	switch {
 	case errors.Is(err, identity.ErrUnauthenticated):
 		code = codes.Unauthenticated
-	case errors.Is(err, identity.ErrNotOnNode), errors.Is(err, errForeignName):
+	case errors.Is(err, identity.ErrNotOnNode), errors.Is(err, identity.ErrMismatch), errors.Is(err, errForeignName):
 		code = codes.PermissionDenied
 	case errors.Is(err, errUnknownName):
 		code = codes.NotFound

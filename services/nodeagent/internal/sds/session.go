@@ -47,6 +47,7 @@ func serveSession[R request](s *Server, ctx context.Context, recv func() (R, err
 		}
 		defer release()
 	}
+	s.hold(caller, nil)
 	var (
 		mu      sync.Mutex
 		ended   bool

@@ -19,8 +19,15 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 		names       []string
 		sentVersion string
 		sent        uint64
+		resumed     bool // answered before it asked (resume.go)
 	)
-	return serveSession(s, stream.Context(), stream.Recv, func(caller identity.Caller, req *discovery.DiscoveryRequest) error {
+	return serveSession(s, stream.Context(), s.resumingRecv(stream.Context(), stream.Recv), func(caller identity.Caller, req *discovery.DiscoveryRequest) error {
+		if req == resumeRequest {
+			names, resumed = s.resumeNames(caller), true
+			s.cfg.Observe.Resumed()
+			s.cfg.Logger.Info("resumed a silent sds stream", "spiffe_id", caller.ID.String(), "via", caller.Via, "names", names)
+			req = nil
+		}
 		if req != nil {
 			if req.GetErrorDetail() != nil {
 				s.cfg.Observe.Nacked(names, req.GetErrorDetail().GetMessage())
@@ -28,6 +35,10 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 			}
 			if err := checkNames(caller, req.GetResourceNames()); err != nil {
 				return s.toStatus(err)
+			}
+			if resumed && len(req.GetResourceNames()) > 0 {
+				// A resumed stream that asks after all: it gets what it asks for from now on.
+				names, resumed, sentVersion = nil, false, ""
 			}
 			grew := false
 			for _, n := range req.GetResourceNames() {
@@ -42,6 +53,7 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 				// An ACK or NACK: nothing new was asked, and changes arrive on the subscription.
 				return nil
 			}
+			s.hold(caller, names)
 			sentVersion = "" // the new names must be answered even if nothing else changed
 		}
 		res, err := s.build(stream.Context(), caller, names)

@@ -257,6 +257,14 @@ func (g *gate) expire() bool {
 
 type gateKey struct{}
 
+// Started ends a stream's wait for its first request without one: the server has identified the
+// caller by its connection and is serving the stream (a resumed SDS stream).
+func Started(ctx context.Context) {
+	if g := gateFrom(ctx); g != nil {
+		g.arrived()
+	}
+}
+
 func gateFrom(ctx context.Context) *gate {
 	g, _ := ctx.Value(gateKey{}).(*gate)
 	return g

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/singleflight"
 	"k8s.io/utils/clock"
 
+	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 )
 
@@ -31,10 +32,11 @@ type Signer interface {
 	Sign(ctx context.Context, csrPEM []byte, cred Credential, ttl time.Duration) ([]*x509.Certificate, error)
 }
 
-// Credential authenticates a signing request: the workload's token or, for a renewal once that
-// token has gone stale, the identity's current certificate, whose key then signs the new CSR
-// (see libs/renewalproof).
+// Credential authenticates a signing request: the agent's statement of a pod it attested itself
+// (libs/attestedpod), the workload's token or, for a renewal once that token has gone stale, the
+// identity's current certificate, whose key then signs the new CSR (see libs/renewalproof).
 type Credential struct {
+	Pod     *attestedpod.Ref
 	Token   string
 	Current *Certificate
 }
@@ -45,9 +47,17 @@ const tokenMargin = time.Minute
 
 // credentialLocked picks how to authenticate the next request for e. m.mu must be held.
 func (m *Manager) credentialLocked(e *entry) Credential {
+	if e.pod != nil {
+		return Credential{Pod: e.pod} // it does not expire: citadel checks the pod is still here
+	}
 	now := m.cfg.Clock.Now()
 	if e.cert == nil || !now.Before(e.cert.Leaf().NotAfter) {
 		return Credential{Token: e.token}
+	}
+	// A certificate restored from the node's state (see Restore) came without a token: it proves
+	// itself.
+	if e.token == "" {
+		return Credential{Current: e.cert}
 	}
 	// Envoy sends its token once per stream, and streams outlive tokens: renew with the current
 	// certificate once the token is stale. An unreadable token is sent as is, to be refused with
@@ -86,6 +96,11 @@ type Config struct {
 	Refresh   time.Duration // trust bundle poll interval
 	// IssueTimeout bounds one signing attempt, independent of any one caller's context.
 	IssueTimeout time.Duration
+	// Store, if set, keeps every certificate on the node, for Restore after a restart.
+	Store Store
+	// RestoreGrace is how long a restored identity is renewed while no stream watches it; 0 means
+	// DefaultRestoreGrace.
+	RestoreGrace time.Duration
 }
 
 // Manager is safe for concurrent use.
@@ -99,15 +114,19 @@ type Manager struct {
 	bundleVersion uint64
 	subs          map[*Subscription]struct{}
 	closed        bool
+	persisting    idLocks // serializes the Store writes of each identity
 }
 
 type entry struct {
+	// pod or token is the newest caller's credential, kept for renewals.
+	pod      *attestedpod.Ref
 	token    string
 	cert     *Certificate
 	timer    clock.Timer
 	failures int
 	// cause is the rotation event that asked for the re-issue under way (nil: none).
 	cause *cause
+	held  holding // kept with the certificate in Config.Store
 }
 
 // Subscription is told (on C, coalesced) when its identity's certificate or the bundle changes.
@@ -184,15 +203,16 @@ func (m *Manager) watchedLocked(id spiffeid.ID) bool {
 }
 
 // Certificate returns id's current certificate, issuing one if there is none or it expired.
-// token is the caller's verified workload token; the newest one is kept for renewals.
-func (m *Manager) Certificate(ctx context.Context, id spiffeid.ID, token string) (*Certificate, error) {
+// cred is the caller's: the pod the agent attested, or its verified workload token; the newest
+// is kept for renewals.
+func (m *Manager) Certificate(ctx context.Context, id spiffeid.ID, cred Credential) (*Certificate, error) {
 	m.mu.Lock()
 	e := m.entries[id]
 	if e == nil {
 		e = &entry{}
 		m.entries[id] = e
 	}
-	e.token = token
+	e.pod, e.token = cred.Pod, cred.Token
 	if c := m.freshLocked(id); c != nil {
 		m.mu.Unlock()
 		return c, nil
@@ -248,6 +268,7 @@ func (m *Manager) issue(id spiffeid.ID) (*Certificate, error) {
 	}
 	m.cfg.Observe.Issued(id, cert.Leaf(), m.cfg.Clock.Since(start))
 
+	defer m.persist(id) // runs after the unlock below: no I/O under m.mu
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e := m.entries[id]
@@ -313,10 +334,11 @@ func (m *Manager) renew(id spiffeid.ID) {
 		m.mu.Unlock()
 		return
 	}
-	if !m.watchedLocked(id) {
+	if !m.watchedLocked(id) && !m.restoringLocked(id) {
 		delete(m.entries, id)
 		m.mu.Unlock()
 		m.cfg.Observe.Dropped(id)
+		m.persist(id)
 		return
 	}
 	var due *Certificate

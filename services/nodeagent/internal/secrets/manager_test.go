@@ -43,7 +43,7 @@ func TestCertificateIssuesOnceForConcurrentCallersThenHitsCache(t *testing.T) {
 		go func() {
 			defer done.Done()
 			started.Done()
-			certs[i], errs[i] = m.Certificate(context.Background(), cartID, "token")
+			certs[i], errs[i] = m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 		}()
 	}
 	started.Wait()
@@ -63,7 +63,7 @@ func TestCertificateIssuesOnceForConcurrentCallersThenHitsCache(t *testing.T) {
 		t.Fatalf("%d concurrent callers made %d Sign calls, want 1", callers, n)
 	}
 
-	again, err := m.Certificate(context.Background(), cartID, "token")
+	again, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,13 +87,13 @@ func TestRenewsBetween45And55PercentAndNotifiesOnlyItsSubscribers(t *testing.T) 
 	defer m.Unsubscribe(cart)
 	defer m.Unsubscribe(web)
 
-	first, err := m.Certificate(context.Background(), cartID, "token-1")
+	first, err := m.Certificate(context.Background(), cartID, Credential{Token: "token-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	requireNotified(t, cart, "first issuance")
-	drain(web)                                                                        // the first issuance fetched the trust bundle, which wakes everyone
-	if _, err := m.Certificate(context.Background(), cartID, "token-2"); err != nil { // the newest token is kept for renewal
+	drain(web)                                                                                           // the first issuance fetched the trust bundle, which wakes everyone
+	if _, err := m.Certificate(context.Background(), cartID, Credential{Token: "token-2"}); err != nil { // the newest token is kept for renewal
 		t.Fatal(err)
 	}
 
@@ -106,7 +106,7 @@ func TestRenewsBetween45And55PercentAndNotifiesOnlyItsSubscribers(t *testing.T) 
 	clk.SetTime(at(first, 0.56))
 	requireNotified(t, cart, "renewal at 56%")
 	requireNotNotified(t, web, "another identity was renewed")
-	renewed, err := m.Certificate(context.Background(), cartID, "token-2")
+	renewed, err := m.Certificate(context.Background(), cartID, Credential{Token: "token-2"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +135,7 @@ func TestUnwatchedIdentityIsDroppedInsteadOfRenewed(t *testing.T) {
 	obs := &recorder{}
 	m := newTestManager(ca, clk, obs)
 	sub := m.Subscribe(cartID)
-	first, err := m.Certificate(context.Background(), cartID, "token")
+	first, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +150,7 @@ func TestUnwatchedIdentityIsDroppedInsteadOfRenewed(t *testing.T) {
 		t.Fatalf("after dropping: %d Sign calls and %d timers, want 1 and 0", n, w)
 	}
 	// Gone from the cache: the next caller gets a fresh certificate.
-	next, err := m.Certificate(context.Background(), cartID, "token")
+	next, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestFailingRenewalKeepsServingAndRetriesWithBackoff(t *testing.T) {
 	m := newTestManager(ca, clk, obs)
 	sub := m.Subscribe(cartID)
 	defer m.Unsubscribe(sub)
-	first, err := m.Certificate(context.Background(), cartID, "token")
+	first, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +185,7 @@ func TestFailingRenewalKeepsServingAndRetriesWithBackoff(t *testing.T) {
 		if n := ca.signs(); n != 2+i {
 			t.Fatalf("%d Sign calls after %d failed attempts, want %d", n, i+1, 2+i)
 		}
-		c, err := m.Certificate(context.Background(), cartID, "token")
+		c, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 		if err != nil || serial(c) != serial(first) {
 			t.Fatalf("while citadel fails: got %v, %v; want the current certificate %s", c, err, serial(first))
 		}
@@ -204,7 +204,7 @@ func TestFailingRenewalKeepsServingAndRetriesWithBackoff(t *testing.T) {
 	ca.set(func(ca *testCA) { ca.failWith = nil })
 	clk.Step(clk.scheduled()[3])
 	requireNotified(t, sub, "recovery")
-	renewed, err := m.Certificate(context.Background(), cartID, "token")
+	renewed, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestChainNotMatchingTheKeyIsRefused(t *testing.T) {
 	}
 	drain(sub) // the first bundle wakes everyone
 	ca.set(func(ca *testCA) { ca.wrongKey = true })
-	c, err := m.Certificate(context.Background(), cartID, "token")
+	c, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err == nil || c != nil {
 		t.Fatalf("chain for another key: got %v, %v; want an error and no certificate", c, err)
 	}
@@ -248,7 +248,7 @@ func TestChainNotMatchingTheKeyIsRefused(t *testing.T) {
 
 	// Nothing was cached: a later good answer is used, and a bad renewal never replaces it.
 	ca.set(func(ca *testCA) { ca.wrongKey = false })
-	good, err := m.Certificate(context.Background(), cartID, "token")
+	good, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +256,7 @@ func TestChainNotMatchingTheKeyIsRefused(t *testing.T) {
 	ca.set(func(ca *testCA) { ca.wrongKey = true })
 	clk.SetTime(at(good, 0.56))
 	eventually(t, "a retry after the refused renewal", func() bool { return len(clk.scheduled()) == 2 })
-	if got, err := m.Certificate(context.Background(), cartID, "token"); err != nil || got != good {
+	if got, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"}); err != nil || got != good {
 		t.Fatalf("after a refused renewal: got %v, %v; want the previous good certificate", got, err)
 	}
 	requireNotNotified(t, sub, "refused renewal")
@@ -272,7 +272,7 @@ func TestMalformedAnswersAreRefused(t *testing.T) {
 			ca := newTestCA(t, clk)
 			ca.set(breakCA)
 			m := newTestManager(ca, clk, &recorder{})
-			if c, err := m.Certificate(context.Background(), cartID, "token"); err == nil {
+			if c, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"}); err == nil {
 				t.Fatalf("got certificate %s, want an error", serial(c))
 			}
 		})
@@ -284,7 +284,7 @@ func TestRejectionIsReturnedToTheCaller(t *testing.T) {
 	ca := newTestCA(t, clk)
 	ca.set(func(ca *testCA) { ca.failWith = errors.Join(ErrRejected, errors.New("pod not on node")) })
 	m := newTestManager(ca, clk, &recorder{})
-	if _, err := m.Certificate(context.Background(), cartID, "token"); !errors.Is(err, ErrRejected) {
+	if _, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"}); !errors.Is(err, ErrRejected) {
 		t.Fatalf("got %v, want an error wrapping ErrRejected", err)
 	}
 }
@@ -294,7 +294,7 @@ func TestRSAKeysWhenConfigured(t *testing.T) {
 	ca := newTestCA(t, clk)
 	m := newTestManager(ca, clk, &recorder{})
 	m.cfg.KeyType = RSA2048
-	c, err := m.Certificate(context.Background(), cartID, "token")
+	c, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +318,7 @@ func TestBundleChangeNotifiesEverySubscriber(t *testing.T) {
 	eventually(t, "the first bundle fetch and the poll timer", func() bool { return ca.bundles() == 1 && clk.Waiters() == 1 })
 	requireNotified(t, cart, "first bundle")
 	requireNotified(t, web, "first bundle")
-	if _, err := m.Certificate(context.Background(), cartID, "token"); err != nil {
+	if _, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"}); err != nil {
 		t.Fatal(err)
 	}
 	drain(cart)
@@ -367,7 +367,7 @@ func TestLeafUnderAnUnknownRootRefreshesTheBundleOnce(t *testing.T) {
 	drain(sub)
 
 	ca.rotate(t) // citadel now signs under a root the agent has not fetched yet
-	c, err := m.Certificate(context.Background(), cartID, "token")
+	c, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatalf("leaf under the new root: %v", err)
 	}
@@ -397,7 +397,7 @@ func TestRenewalRightAfterAnIssuanceIsNotLost(t *testing.T) {
 	m := newTestManager(ca, clk, &recorder{})
 	sub := m.Subscribe(cartID)
 	defer m.Unsubscribe(sub)
-	c, err := m.Certificate(context.Background(), cartID, "token")
+	c, err := m.Certificate(context.Background(), cartID, Credential{Token: "token"})
 	if err != nil {
 		t.Fatal(err)
 	}

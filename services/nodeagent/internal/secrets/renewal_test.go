@@ -25,7 +25,7 @@ func TestRenewalAfterTheTokenWentStaleProvesTheCurrentKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	first, err := m.Certificate(context.Background(), cartID, token)
+	first, err := m.Certificate(context.Background(), cartID, Credential{Token: token})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,10 +33,10 @@ func (r *rotationRecorder) count(kind string) int {
 func issueBoth(t *testing.T, m *Manager) (cart, web *Certificate) {
 	t.Helper()
 	var err error
-	if cart, err = m.Certificate(context.Background(), cartID, "t"); err != nil {
+	if cart, err = m.Certificate(context.Background(), cartID, Credential{Token: "t"}); err != nil {
 		t.Fatal(err)
 	}
-	if web, err = m.Certificate(context.Background(), webID, "t"); err != nil {
+	if web, err = m.Certificate(context.Background(), webID, Credential{Token: "t"}); err != nil {
 		t.Fatal(err)
 	}
 	return cart, web
@@ -119,7 +119,7 @@ func TestRetiredRootReplacesCertificatesAtOnce(t *testing.T) {
 	m := newTestManager(ca, clk, &recorder{})
 	sub := m.Subscribe(cartID)
 	defer m.Unsubscribe(sub)
-	old, err := m.Certificate(context.Background(), cartID, "t")
+	old, err := m.Certificate(context.Background(), cartID, Credential{Token: "t"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +174,7 @@ func TestRenewIfSerialRenewsOnlyTheAnnouncedCertificate(t *testing.T) {
 	ca := newTestCA(t, clk)
 	m := newTestManager(ca, clk, &recorder{})
 	defer m.Unsubscribe(m.Subscribe(cartID))
-	cart, _ := m.Certificate(context.Background(), cartID, "t")
+	cart, _ := m.Certificate(context.Background(), cartID, Credential{Token: "t"})
 	if m.RenewIfSerial(cartID, "abc") {
 		t.Fatal("renewed for a serial that is not the current one")
 	}
