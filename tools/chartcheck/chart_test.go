@@ -18,15 +18,19 @@ import (
 
 const release, namespace = "portcullis", "portcullis"
 
-// rootOK are the chart's workloads that run as root, and why (the chart's templates say more).
-var rootOK = chartcheck.RootException{
-	"DaemonSet/portcullis-nodeagent": "creates its socket in the root-owned hostPath directory the kubelet makes; no capabilities",
-}
-
-// privilegedOK are the chart's containers that run privileged, and why.
-var privilegedOK = chartcheck.PrivilegedException{
-	"DaemonSet/portcullis-nodeagent/nodeagent": "the CSI driver (nodeagent.csi.enabled) bind-mounts pods' sockets into the kubelet's pods directory: " +
-		"Kubernetes allows mountPropagation Bidirectional only to privileged containers",
+// allowed are the chart's departures from the security defaults, and why (the chart's templates
+// say more).
+var allowed = chartcheck.Exceptions{
+	Root: map[string]string{
+		"DaemonSet/portcullis-nodeagent": "creates its socket in the root-owned hostPath directory the kubelet makes",
+	},
+	HostPID: map[string]string{
+		"DaemonSet/portcullis-nodeagent": "peer-credential attestation: SO_PEERCRED names a caller's pid in the agent's pid namespace, and its /proc files must be the host's",
+	},
+	Privileged: map[string]string{
+		"DaemonSet/portcullis-nodeagent/nodeagent": "the CSI driver (nodeagent.csi.enabled) bind-mounts pods' sockets into the kubelet's pods directory: " +
+			"Kubernetes allows mountPropagation Bidirectional only to privileged containers",
+	},
 }
 
 var (
@@ -111,11 +115,11 @@ func TestChartLintsRendersAndValidatesForEveryValuesFile(t *testing.T) {
 			if err != nil {
 				t.Fatalf("kubeconform -strict against Kubernetes %s and the chart's CRDs: %v", chartcheck.KubeVersion, err)
 			}
-			privileged := privilegedOK
+			ex := allowed
 			if name == "ci/csi-disabled-values.yaml" { // without CSI the agent has no capability at all
-				privileged = nil
+				ex.Privileged = nil
 			}
-			problems, err := chartcheck.CheckPodSecurity(manifests, rootOK, privileged)
+			problems, err := chartcheck.CheckPodSecurity(manifests, ex)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -244,7 +248,7 @@ apiVersion: v1
 kind: ConfigMap
 metadata: {name: ignored}
 `
-	problems, err := chartcheck.CheckPodSecurity([]byte(manifests), nil)
+	problems, err := chartcheck.CheckPodSecurity([]byte(manifests), chartcheck.Exceptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,7 +265,7 @@ metadata: {name: ignored}
 	if !slices.Equal(problems, want) {
 		t.Fatalf("problems:\n%s\nwant:\n%s", strings.Join(problems, "\n"), strings.Join(want, "\n"))
 	}
-	problems, err = chartcheck.CheckPodSecurity([]byte(manifests), chartcheck.RootException{"Deployment/loose": "test"})
+	problems, err = chartcheck.CheckPodSecurity([]byte(manifests), chartcheck.Exceptions{Root: map[string]string{"Deployment/loose": "test"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,7 +333,7 @@ spec:
           securityContext: {privileged: true, readOnlyRootFilesystem: true}
           resources: {requests: {cpu: 10m, memory: 16Mi}}
 `
-	problems, err := chartcheck.CheckPodSecurity([]byte(manifests), nil, chartcheck.PrivilegedException{"DaemonSet/agent/csi": "test"})
+	problems, err := chartcheck.CheckPodSecurity([]byte(manifests), chartcheck.Exceptions{Privileged: map[string]string{"DaemonSet/agent/csi": "test"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,5 +345,36 @@ spec:
 	}
 	if !slices.Equal(problems, want) {
 		t.Fatalf("problems:\n%s\nwant:\n%s", strings.Join(problems, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// A hostPID exception allows the host's pid namespace only.
+func TestHostPIDExceptionIsOnlyPID(t *testing.T) {
+	manifests := `apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {a: b}}
+  template:
+    metadata: {labels: {a: b}}
+    spec:
+      hostPID: true
+      securityContext:
+        runAsNonRoot: true
+        seccompProfile: {type: RuntimeDefault}
+      containers:
+        - name: agent
+          image: x
+          securityContext: {readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+          resources: {requests: {cpu: 10m, memory: 16Mi}}
+`
+	ex := chartcheck.Exceptions{HostPID: map[string]string{"DaemonSet/agent": "test"}}
+	if problems, err := chartcheck.CheckPodSecurity([]byte(manifests), ex); err != nil || len(problems) != 0 {
+		t.Fatalf("hostPID with its exception: %v %v", problems, err)
+	}
+	withNetwork := strings.Replace(manifests, "hostPID: true", "hostPID: true\n      hostNetwork: true", 1)
+	problems, err := chartcheck.CheckPodSecurity([]byte(withNetwork), ex)
+	if err != nil || !slices.Equal(problems, []string{"DaemonSet/agent: uses a host namespace (hostNetwork, hostPID or hostIPC)"}) {
+		t.Fatalf("hostNetwork under a hostPID exception: %v %v", problems, err)
 	}
 }

@@ -15,22 +15,27 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// RootException lets one workload ("Kind/name") run as root, for the reason given.
-type RootException map[string]string
-
-// PrivilegedException lets one container ("Kind/name/container") run privileged, for the reason
-// given. Its privilege-escalation and capability checks are skipped (a privileged container has
-// every capability whatever it drops, and Kubernetes refuses allowPrivilegeEscalation: false
-// with privileged: true); every other check still applies.
-type PrivilegedException map[string]string
+// Exceptions are the departures from the security defaults a chart may take, each keyed by
+// what it applies to and giving the reason.
+type Exceptions struct {
+	// Root lets a workload ("Kind/name") run as root.
+	Root map[string]string
+	// HostPID lets a workload ("Kind/name") share the host's pid namespace (not its network or
+	// IPC namespace).
+	HostPID map[string]string
+	// Privileged lets a container ("Kind/name/container") run privileged. Its privilege-
+	// escalation and capability checks are skipped (a privileged container has every
+	// capability whatever it drops, and Kubernetes refuses allowPrivilegeEscalation: false with
+	// privileged: true); every other check still applies.
+	Privileged map[string]string
+}
 
 // CheckPodSecurity applies the chart's security defaults to every pod template in a stream of
 // rendered manifests and returns what breaks them: every container with a read-only root
 // filesystem, no privilege escalation, every capability dropped and none added, not privileged,
 // CPU and memory requests; every pod with the RuntimeDefault (or a Localhost) seccomp profile,
-// none of the host's namespaces, and runAsNonRoot unless rootOK names it; a container that
-// privilegedOK names may be privileged.
-func CheckPodSecurity(manifests []byte, rootOK RootException, privilegedOK ...PrivilegedException) ([]string, error) {
+// none of the host's namespaces, and runAsNonRoot; but for what ex allows.
+func CheckPodSecurity(manifests []byte, ex Exceptions) ([]string, error) {
 	var problems []string
 	docs := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(manifests)))
 	for {
@@ -48,15 +53,9 @@ func CheckPodSecurity(manifests []byte, rootOK RootException, privilegedOK ...Pr
 		if spec == nil {
 			continue
 		}
-		privileged := func(container string) bool {
-			for _, e := range privilegedOK {
-				if e[id+"/"+container] != "" {
-					return true
-				}
-			}
-			return false
-		}
-		for _, p := range checkPod(spec, rootOK[id] != "", privileged) {
+		allowed := allowed{root: ex.Root[id] != "", hostPID: ex.HostPID[id] != "",
+			privileged: func(container string) bool { return ex.Privileged[id+"/"+container] != "" }}
+		for _, p := range checkPod(spec, allowed) {
 			problems = append(problems, id+": "+p)
 		}
 	}
@@ -108,9 +107,15 @@ func podSpecOf(raw []byte) (string, *corev1.PodSpec, error) {
 	return id, spec, nil
 }
 
-func checkPod(spec *corev1.PodSpec, rootOK bool, privilegedOK func(container string) bool) []string {
+// allowed is what Exceptions allow one workload.
+type allowed struct {
+	root, hostPID bool
+	privileged    func(container string) bool
+}
+
+func checkPod(spec *corev1.PodSpec, ok allowed) []string {
 	var problems []string
-	if spec.HostNetwork || spec.HostPID || spec.HostIPC {
+	if spec.HostNetwork || spec.HostIPC || spec.HostPID && !ok.hostPID {
 		problems = append(problems, "uses a host namespace (hostNetwork, hostPID or hostIPC)")
 	}
 	podSC := spec.SecurityContext
@@ -127,7 +132,7 @@ func checkPod(spec *corev1.PodSpec, rootOK bool, privilegedOK func(container str
 		if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
 			problems = append(problems, where+"readOnlyRootFilesystem is not true")
 		}
-		if !privilegedOK(c.Name) {
+		if !ok.privileged(c.Name) {
 			if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
 				problems = append(problems, where+"allowPrivilegeEscalation is not false")
 			}
@@ -147,7 +152,7 @@ func checkPod(spec *corev1.PodSpec, rootOK bool, privilegedOK func(container str
 		if nonRoot == nil {
 			nonRoot = podSC.RunAsNonRoot
 		}
-		if !rootOK && (nonRoot == nil || !*nonRoot) {
+		if !ok.root && (nonRoot == nil || !*nonRoot) {
 			problems = append(problems, where+"runAsNonRoot is not true")
 		}
 		for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
