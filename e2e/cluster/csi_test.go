@@ -34,7 +34,7 @@ const (
 
 // csiWorkload: a pod in a namespace enforcing Pod Security restricted, where the node's socket
 // directory cannot be mounted, gets its SVID over SDS through a socket of its own that the node
-// agent publishes as a CSI ephemeral volume.
+// agent publishes as a CSI ephemeral volume, with no token.
 func csiWorkload(ctx context.Context, t *testing.T, c kubernetes.Interface) *probe {
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: restrictedNS, Labels: map[string]string{
 		"pod-security.kubernetes.io/enforce":         "restricted",
@@ -55,9 +55,9 @@ func csiWorkload(ctx context.Context, t *testing.T, c kubernetes.Interface) *pro
 	}
 
 	start := time.Now()
-	p := startProbe(ctx, t, c, probeSpec{name: "delta", serviceAccount: "delta", namespace: restrictedNS, csi: true})
-	st := p.waitSVID(ctx, t, time.Minute, "SVID through its own socket", hasID(idDelta))
-	t.Logf("restricted pod created → SVID through its CSI socket: %v (serial %s)", time.Since(start).Round(time.Millisecond), st.Serial)
+	p := startProbe(ctx, t, c, probeSpec{name: "delta", serviceAccount: "delta", namespace: restrictedNS, csi: true, noToken: true})
+	st := p.waitSVID(ctx, t, time.Minute, "SVID through its own socket, with no token", hasID(idDelta))
+	t.Logf("restricted pod created → SVID through its CSI socket, no token: %v (serial %s)", time.Since(start).Round(time.Millisecond), st.Serial)
 
 	// On the node: the socket is in the agent's directory for this pod, nowhere a pod can mount.
 	sock := suite.cluster.NodePath(filepath.Join(csiPodsDir, p.uid, "sock", "socket"))

@@ -51,11 +51,15 @@ type probeSpec struct {
 	resource             string // empty: default
 	tokenSecret          string // empty: a projected token with the audience portcullis
 	csi                  bool   // the socket from the agent's CSI driver (a socket of the pod's own), not the node's hostPath
+	noToken              bool   // present no token: the agent must know the pod without one
 }
 
 func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec probeSpec) *probe {
 	t.Helper()
 	args := []string{"-socket=/run/portcullis/sds/socket", "-token-file=/run/portcullis/token/token"}
+	if spec.noToken {
+		args[1] = "-token-file="
+	}
 	if spec.resource != "" {
 		args = append(args, "-resource="+spec.resource)
 	}
@@ -100,6 +104,10 @@ func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec 
 				{Name: "token", VolumeSource: token},
 			},
 		},
+	}
+	if spec.noToken { // no token volume at all
+		pod.Spec.Volumes = pod.Spec.Volumes[:1]
+		pod.Spec.Containers[0].VolumeMounts = pod.Spec.Containers[0].VolumeMounts[:1]
 	}
 	if _, err := c.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating probe %s: %v", spec.name, err)

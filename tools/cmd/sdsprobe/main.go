@@ -35,7 +35,7 @@ type config struct {
 func (c *config) RegisterFlags(fs *flag.FlagSet) {
 	host, _ := os.Hostname()
 	fs.StringVar(&c.socket, "socket", defaultSocket, "node agent's SDS Unix socket")
-	fs.StringVar(&c.tokenFile, "token-file", defaultTokenFile, "workload token file (re-read on every reconnect)")
+	fs.StringVar(&c.tokenFile, "token-file", defaultTokenFile, "workload token file (re-read on every reconnect); empty: present no token")
 	fs.StringVar(&c.resource, "resource", "default", "SDS resource name of the SVID")
 	fs.StringVar(&c.nodeID, "node-id", "sdsprobe~"+host, "xDS node id sent to the agent")
 	fs.StringVar(&c.listen, "listen", ":8443", "mTLS listen address")
@@ -44,7 +44,7 @@ func (c *config) RegisterFlags(fs *flag.FlagSet) {
 
 func (c *config) Validate() error {
 	var errs []error
-	for flagName, v := range map[string]string{"socket": c.socket, "token-file": c.tokenFile, "resource": c.resource, "listen": c.listen, "http": c.httpListen} {
+	for flagName, v := range map[string]string{"socket": c.socket, "resource": c.resource, "listen": c.listen, "http": c.httpListen} {
 		if v == "" {
 			errs = append(errs, errors.New("-"+flagName+" is required"))
 		}

@@ -22,7 +22,8 @@ func newBackoff() wait.Backoff {
 
 // watch holds an SDS stream open for the probe's life, like a sidecar: it asks for the SVID and
 // ROOTCA, applies every push, and reconnects with backoff when the stream ends. Each connection
-// reads the token file afresh: the kubelet rotates a projected token in place.
+// reads the token file afresh (the kubelet rotates a projected token in place); with no token
+// file it presents no token.
 func (p *probe) watch(ctx context.Context) error {
 	backoff := newBackoff()
 	for {
@@ -42,13 +43,15 @@ func (p *probe) watch(ctx context.Context) error {
 
 // stream runs one SDS stream until it fails; received is called after each applied response.
 func (p *probe) stream(ctx context.Context, received func()) error {
-	raw, err := os.ReadFile(p.cfg.tokenFile)
-	if err != nil {
-		return fmt.Errorf("reading token: %w", err)
-	}
-	token := strings.TrimSpace(string(raw))
-	if token == "" {
-		return errors.New("token file is empty")
+	var token string // none without -token-file: the agent knows the caller by its socket or process
+	if p.cfg.tokenFile != "" {
+		raw, err := os.ReadFile(p.cfg.tokenFile)
+		if err != nil {
+			return fmt.Errorf("reading token: %w", err)
+		}
+		if token = strings.TrimSpace(string(raw)); token == "" {
+			return errors.New("token file is empty")
+		}
 	}
 	client, err := sdsclient.Dial(p.cfg.socket)
 	if err != nil {
