@@ -204,20 +204,27 @@ func (d *Driver) PodBySocket(path string) (PodInfo, bool) {
 // Restore reads the state directory and reopens the socket of every volume still mounted at its
 // target path: bind mounts outlive the agent, but nobody listens on their sockets until this
 // runs. A volume no longer mounted is forgotten (the kubelet publishes it again if the pod is
-// still there). Run calls it first; it is safe to call once before Run only.
+// still there). Run calls it first; volumes it knows already are left alone, so calling it again
+// does nothing more.
 func (d *Driver) Restore() error {
+	d.mu.Lock() // a publish in flight has a directory but maybe no record yet
+	defer d.mu.Unlock()
 	records, broken, err := d.readRecords()
 	if err != nil {
 		return err
 	}
 	for _, uid := range broken {
+		if _, known := d.pods[uid]; known {
+			continue
+		}
 		if err := d.removePodDir(uid); err != nil {
 			d.log.Warn("removing broken CSI volume state", "pod_uid", uid, "error", err)
 		}
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	for _, r := range records {
+		if _, known := d.pods[r.UID]; known {
+			continue
+		}
 		mounted, err := isMountPoint(r.TargetPath)
 		if err != nil {
 			return err

@@ -238,6 +238,12 @@ func TestRestoreReopensPublishedSockets(t *testing.T) {
 		t.Errorf("restored %+v, want [%+v]", opened, want)
 	}
 	mustNotExist(t, h2.driver.podDir(uidB))
+	if err := h2.driver.Restore(); err != nil { // again: nothing more
+		t.Fatal(err)
+	}
+	if opened, _ := h2.pub.snapshot(); len(opened) != 1 {
+		t.Errorf("a second Restore opened again: %+v", opened)
+	}
 	// The restored volume unpublishes as usual.
 	if _, err := h2.node.NodeUnpublishVolume(ctx, &csipb.NodeUnpublishVolumeRequest{VolumeId: "csi-" + uidA, TargetPath: h.targetPath(uidA)}); err != nil {
 		t.Fatal(err)
