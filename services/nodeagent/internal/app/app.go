@@ -147,7 +147,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		},
 		Secrets: manager, Logger: a.logger, Observe: m, Callers: limits,
 		PeerIdentifies: identity.Mode(a.cfg.WorkloadAttestation) != identity.ModeToken,
-		ResumeAfter:    a.cfg.SDS.ResumeAfter, Remembered: manager, Started: sdslimits.Started, Peer: peerOf,
+		ResumeAfter:    a.cfg.SDS.ResumeAfter, Remembered: manager, Started: sdslimits.Started, Peer: csiPlugin.peer(peerOf),
 	})
 	lis, err := a.listenSocket()
 	if err != nil {
@@ -157,7 +157,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 	secretv3.RegisterSecretDiscoveryServiceServer(srv, sdsServer)
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
-	csiPlugin.serve(srv) // TODO(lead): a caller on a pod's socket is that pod (csiPlugin.sockets.Pod)
+	csiPlugin.serve(srv) // a caller on a pod's own socket is that pod: csiPlugin.peer
 
 	ready := func() error {
 		select {

@@ -11,8 +11,11 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	grpcpeer "google.golang.org/grpc/peer"
 
+	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/csi"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 )
 
 // csiPlugin is the agent's CSI driver and the pods' sockets it publishes; nil with CSI off.
@@ -45,6 +48,24 @@ func (a *App) startCSI(ctx context.Context, g *errgroup.Group) (*csiPlugin, erro
 func (c *csiPlugin) serve(srv *grpc.Server) {
 	if c != nil {
 		c.sockets.serve(srv)
+	}
+}
+
+// peer wraps next (what a connection's peer credentials say): a caller on a pod's own socket is
+// that pod, whichever process it is and whatever its cgroup, with no /proc lookup
+// (identity.Peer.SocketPod). The peer credentials stay for the logs.
+func (c *csiPlugin) peer(next func(context.Context) identity.Peer) func(context.Context) identity.Peer {
+	if c == nil {
+		return next
+	}
+	return func(ctx context.Context) identity.Peer {
+		p := next(ctx)
+		if conn, ok := grpcpeer.FromContext(ctx); ok && conn.LocalAddr != nil {
+			if pod, ok := c.sockets.Pod(conn.LocalAddr.String()); ok {
+				p.SocketPod = &attestedpod.Ref{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID}
+			}
+		}
+		return p
 	}
 }
 

@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -14,35 +15,32 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/grpc/peer"
 
+	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/csi"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 )
 
 // The agent's gRPC server answers on every pod's socket, those published before it could serve
-// and after, and a handler knows the pod from the connection's local address: the way per-pod
-// socket callers are identified.
+// and after, and a caller there is that pod (identity.Peer.SocketPod, from the connection's
+// local address); on any other socket, only its peer credentials say who it is.
 func TestPodSocketsServeAndNameThePod(t *testing.T) {
 	defer goleak.VerifyNone(t)
 	var (
 		mu   sync.Mutex
-		seen []csi.PodInfo
+		seen []identity.Peer
 	)
-	var sockets *podSockets
+	sockets := &podSockets{log: slog.New(slog.DiscardHandler), byUID: map[string]podSocket{}}
+	// What the peer credentials said; the per-pod socket adds the pod.
+	peerOf := (&csiPlugin{sockets: sockets}).peer(func(context.Context) identity.Peer { return identity.Peer{PID: 42} })
 	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		p, _ := peer.FromContext(ctx)
-		pod, ok := sockets.Pod(p.LocalAddr.String())
-		if !ok {
-			t.Errorf("no pod for local address %q", p.LocalAddr)
-		}
 		mu.Lock()
-		seen = append(seen, pod)
+		seen = append(seen, peerOf(ctx))
 		mu.Unlock()
 		return h(ctx, req)
 	}))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	defer srv.Stop()
-	sockets = &podSockets{log: slog.New(slog.DiscardHandler), byUID: map[string]podSocket{}}
 
 	dir := t.TempDir()
 	pods := []csi.PodInfo{
@@ -70,10 +68,27 @@ func TestPodSocketsServeAndNameThePod(t *testing.T) {
 		mu.Lock()
 		got := seen[len(seen)-1]
 		mu.Unlock()
-		if got != pods[i] {
-			t.Errorf("call on %s: handler saw %+v, want %+v", path, got, pods[i])
+		want := attestedpod.Ref{Namespace: pods[i].Namespace, Name: pods[i].Name, UID: pods[i].UID}
+		if got.SocketPod == nil || *got.SocketPod != want || got.PID != 42 {
+			t.Errorf("call on %s: handler saw %+v, want socket pod %+v and the peer credentials", path, got, want)
 		}
 	}
+
+	// A connection on a socket that is no pod's (the node's shared one) names no pod.
+	shared := filepath.Join(dir, "shared.sock")
+	lis, err := net.Listen("unix", shared)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(lis)
+	if err := healthCheck(shared); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	if got := seen[len(seen)-1]; got.SocketPod != nil || got.PID != 42 {
+		t.Errorf("call on the shared socket: handler saw %+v, want only the peer credentials", got)
+	}
+	mu.Unlock()
 
 	if err := sockets.ClosePodSocket(pods[0].UID); err != nil {
 		t.Fatal(err)
