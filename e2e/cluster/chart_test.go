@@ -51,7 +51,7 @@ func TestChartLifecycle(t *testing.T) {
 		{"the renewal CronJob runs with its own least-privilege role", func(t *testing.T) { renewalJob(ctx, t, c) }},
 		{"what the CSI volume adds to pod start-up", func(t *testing.T) { csiStartupCost(ctx, t, c) }},
 		{"root rotation through the CLI reaches the running pods", func(t *testing.T) { rotateRoot(ctx, t, c, alpha, beta) }},
-		{"upgrade rolls the components and the pods get certificates again", func(t *testing.T) { upgrade(ctx, t, c, alpha, beta, delta) }},
+		{"upgrade rolls the components and the pods keep their certificates", func(t *testing.T) { upgrade(ctx, t, c, alpha, beta, delta) }},
 		{"deleting the CSI pod removes its socket", func(t *testing.T) { csiPodDeleted(ctx, t, c, delta) }},
 		{"uninstall removes everything but the CRDs and the CA's claim", func(t *testing.T) { uninstall(ctx, t, c) }},
 	}
@@ -262,8 +262,8 @@ func upgrade(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha, b
 		}
 		return nil
 	})
-	// The workloads were not restarted: the same pods, no container restart, and they hold
-	// certificates again (the new agent made new keys) on reopened streams.
+	// The workloads were not restarted: the same pods, no container restart, and on reopened
+	// streams they hold the certificates they had: the new agent restored the old one's state.
 	for _, p := range []*probe{alpha, beta, delta} {
 		pod, err := c.CoreV1().Pods(p.ns).Get(ctx, p.name, metav1.GetOptions{})
 		if err != nil {
@@ -273,8 +273,8 @@ func upgrade(ctx context.Context, t *testing.T, c kubernetes.Interface, alpha, b
 			t.Fatalf("%s restarted %d times", p.name, rc)
 		}
 		want := statusBefore[p]
-		p.waitSVID(ctx, t, 2*time.Minute, "certificate from the new agent", func(st probeStatus) error {
-			if st.Serial == want.Serial || st.Updates <= want.Updates {
+		p.waitSVID(ctx, t, 2*time.Minute, "its certificate again, from the new agent", func(st probeStatus) error {
+			if st.Serial != want.Serial || st.Updates <= want.Updates {
 				return fmt.Errorf("serial %s, %d updates (before: %s, %d); last error %q", st.Serial, st.Updates, want.Serial, want.Updates, st.LastError)
 			}
 			return nil

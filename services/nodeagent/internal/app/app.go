@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
@@ -157,13 +158,15 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 	secretv3.RegisterSecretDiscoveryServiceServer(srv, sdsServer)
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
-	csiPlugin.serve(srv) // a caller on a pod's own socket is that pod: csiPlugin.peer
-
+	var serving atomic.Bool
 	ready := func() error {
 		select {
 		case <-pods.Synced():
 		default:
 			return errors.New("no pod list from mcp-sync yet")
+		}
+		if !serving.Load() {
+			return errors.New("restoring the certificates kept across the restart")
 		}
 		if _, err := manager.Roots(ctx); err != nil {
 			return err
@@ -191,6 +194,8 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 			// answered from what the agent held, with no CSR and no call to the CA.
 			restore(ctx, manager, pods, a.cfg.NodeName, a.logger)
 		}
+		csiPlugin.serve(srv) // a caller on a pod's own socket is that pod: csiPlugin.peer
+		serving.Store(true)
 		return lifecycle.ServeGRPC(ctx, srv, lis)
 	})
 	a.logger.Info("node agent started", "node", a.cfg.NodeName, "spiffe_id", a.id.ID().String(), "socket", a.cfg.Socket)
