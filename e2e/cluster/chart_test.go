@@ -96,7 +96,8 @@ func workloads(ctx context.Context, t *testing.T, c kubernetes.Interface) (*prob
 		}
 	}
 	alpha := startProbe(ctx, t, c, probeSpec{name: "alpha", serviceAccount: "alpha"})
-	beta := startProbe(ctx, t, c, probeSpec{name: "beta", serviceAccount: "beta"})
+	// beta presents no token: the agent knows it by its peer credentials and pod cgroup alone.
+	beta := startProbe(ctx, t, c, probeSpec{name: "beta", serviceAccount: "beta", noToken: true})
 	st := alpha.waitSVID(ctx, t, time.Minute, "SVID", hasID(idAlpha))
 	t.Logf("helm install → first SVID in a pod: %v (serial %s)", time.Since(installedAt).Round(time.Millisecond), st.Serial)
 	beta.waitSVID(ctx, t, time.Minute, "SVID", hasID(idBeta))
