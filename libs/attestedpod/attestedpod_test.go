@@ -53,3 +53,27 @@ func TestFromRefuses(t *testing.T) {
 func str(s string) *structpb.Struct {
 	return &structpb.Struct{Fields: map[string]*structpb.Value{Key: structpb.NewStringValue(s)}}
 }
+
+// FuzzFrom feeds From what a node agent (or anyone holding an agent's certificate) can send: an
+// accepted statement is well-formed, names a valid pod, and survives a round trip.
+func FuzzFrom(f *testing.F) {
+	f.Add("shop/cart-0/" + uid)
+	f.Add("shop/cart.v2/" + uid)
+	f.Add("a/b/c")
+	f.Add("//")
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := From(str(s))
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("From(%q) = %v, not ErrInvalid", s, err)
+			}
+			return
+		}
+		if r.Validate() != nil || strings.Contains(r.Namespace+r.Name+r.UID, "/") {
+			t.Fatalf("From(%q) accepted %+v", s, r)
+		}
+		if back, err := From(Set(nil, r)); err != nil || back != r {
+			t.Fatalf("round trip of %+v: %+v, %v", r, back, err)
+		}
+	})
+}
