@@ -26,6 +26,7 @@ const (
 	SubjectIdentityRotate = "portcullis.events.identity.rotate"
 	SubjectIdentityRevoke = "portcullis.events.identity.revoke"
 	SubjectCertExpiring   = "portcullis.events.cert.expiring"
+	SubjectJWTBundle      = "portcullis.events.jwt.bundle"
 	SchemaVersion         = 1
 	// MaxConsumerInactivity bounds how long a consumer of the stream lives without a pull.
 	MaxConsumerInactivity   = 5 * time.Minute
@@ -46,6 +47,8 @@ func Kind(e *eventsv1.Event) string {
 		return "identity_revocation"
 	case *eventsv1.Event_CertificateExpiring:
 		return "certificate_expiring"
+	case *eventsv1.Event_JwtBundleChanged:
+		return "jwt_bundle_changed"
 	default:
 		return "unknown"
 	}
@@ -64,6 +67,8 @@ func Subject(e *eventsv1.Event) (string, error) {
 		return SubjectIdentityRevoke, nil
 	case *eventsv1.Event_CertificateExpiring:
 		return SubjectCertExpiring, nil
+	case *eventsv1.Event_JwtBundleChanged:
+		return SubjectJWTBundle, nil
 	default:
 		return "", fmt.Errorf("event %q has no kind", e.GetId())
 	}

@@ -11,6 +11,8 @@ package cav1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	structpb "google.golang.org/protobuf/types/known/structpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -122,18 +124,258 @@ func (x *GetTrustBundleResponse) GetVersion() uint64 {
 	return 0
 }
 
+type MintJWTSVIDRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token's aud; at least one, at most 10.
+	Audiences []string `protobuf:"bytes,1,rep,name=audiences,proto3" json:"audiences,omitempty"`
+	// Requested lifetime in seconds; 0 means citadel's default (5 minutes); clamped to its maximum.
+	TtlSeconds int64 `protobuf:"varint,2,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	// The agent's attested-pod statement, when the workload sent no token.
+	Metadata      *structpb.Struct `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintJWTSVIDRequest) Reset() {
+	*x = MintJWTSVIDRequest{}
+	mi := &file_portcullis_ca_v1_ca_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintJWTSVIDRequest) ProtoMessage() {}
+
+func (x *MintJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_ca_v1_ca_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*MintJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_ca_v1_ca_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MintJWTSVIDRequest) GetAudiences() []string {
+	if x != nil {
+		return x.Audiences
+	}
+	return nil
+}
+
+func (x *MintJWTSVIDRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+func (x *MintJWTSVIDRequest) GetMetadata() *structpb.Struct {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+type MintJWTSVIDResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// A compact JWS.
+	Token         string                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintJWTSVIDResponse) Reset() {
+	*x = MintJWTSVIDResponse{}
+	mi := &file_portcullis_ca_v1_ca_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintJWTSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintJWTSVIDResponse) ProtoMessage() {}
+
+func (x *MintJWTSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_ca_v1_ca_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintJWTSVIDResponse.ProtoReflect.Descriptor instead.
+func (*MintJWTSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_portcullis_ca_v1_ca_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *MintJWTSVIDResponse) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *MintJWTSVIDResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *MintJWTSVIDResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+type GetJWTBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJWTBundleRequest) Reset() {
+	*x = GetJWTBundleRequest{}
+	mi := &file_portcullis_ca_v1_ca_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJWTBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJWTBundleRequest) ProtoMessage() {}
+
+func (x *GetJWTBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_ca_v1_ca_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJWTBundleRequest.ProtoReflect.Descriptor instead.
+func (*GetJWTBundleRequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_ca_v1_ca_proto_rawDescGZIP(), []int{4}
+}
+
+type GetJWTBundleResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// RFC 7517 JWK Set (JSON).
+	Jwks []byte `protobuf:"bytes,2,opt,name=jwks,proto3" json:"jwks,omitempty"`
+	// Increases whenever the set of keys changes.
+	Version       uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJWTBundleResponse) Reset() {
+	*x = GetJWTBundleResponse{}
+	mi := &file_portcullis_ca_v1_ca_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJWTBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJWTBundleResponse) ProtoMessage() {}
+
+func (x *GetJWTBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_ca_v1_ca_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJWTBundleResponse.ProtoReflect.Descriptor instead.
+func (*GetJWTBundleResponse) Descriptor() ([]byte, []int) {
+	return file_portcullis_ca_v1_ca_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetJWTBundleResponse) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *GetJWTBundleResponse) GetJwks() []byte {
+	if x != nil {
+		return x.Jwks
+	}
+	return nil
+}
+
+func (x *GetJWTBundleResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 var File_portcullis_ca_v1_ca_proto protoreflect.FileDescriptor
 
 const file_portcullis_ca_v1_ca_proto_rawDesc = "" +
 	"\n" +
-	"\x19portcullis/ca/v1/ca.proto\x12\x10portcullis.ca.v1\"\x17\n" +
+	"\x19portcullis/ca/v1/ca.proto\x12\x10portcullis.ca.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x17\n" +
 	"\x15GetTrustBundleRequest\"\x82\x01\n" +
 	"\x16GetTrustBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12+\n" +
 	"\x11root_certificates\x18\x02 \x03(\fR\x10rootCertificates\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\"\x88\x01\n" +
+	"\x12MintJWTSVIDRequest\x12\x1c\n" +
+	"\taudiences\x18\x01 \x03(\tR\taudiences\x12\x1f\n" +
+	"\vttl_seconds\x18\x02 \x01(\x03R\n" +
+	"ttlSeconds\x123\n" +
+	"\bmetadata\x18\x03 \x01(\v2\x17.google.protobuf.StructR\bmetadata\"\x83\x01\n" +
+	"\x13MintJWTSVIDResponse\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x129\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x15\n" +
+	"\x13GetJWTBundleRequest\"g\n" +
+	"\x14GetJWTBundleResponse\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x12\n" +
+	"\x04jwks\x18\x02 \x01(\fR\x04jwks\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\x04R\aversion2{\n" +
 	"\x12TrustBundleService\x12e\n" +
-	"\x0eGetTrustBundle\x12'.portcullis.ca.v1.GetTrustBundleRequest\x1a(.portcullis.ca.v1.GetTrustBundleResponse\"\x00BCZAgithub.com/portcullis-mesh/portcullis/proto/portcullis/ca/v1;cav1b\x06proto3"
+	"\x0eGetTrustBundle\x12'.portcullis.ca.v1.GetTrustBundleRequest\x1a(.portcullis.ca.v1.GetTrustBundleResponse\"\x002\xcf\x01\n" +
+	"\x0eJWTSVIDService\x12\\\n" +
+	"\vMintJWTSVID\x12$.portcullis.ca.v1.MintJWTSVIDRequest\x1a%.portcullis.ca.v1.MintJWTSVIDResponse\"\x00\x12_\n" +
+	"\fGetJWTBundle\x12%.portcullis.ca.v1.GetJWTBundleRequest\x1a&.portcullis.ca.v1.GetJWTBundleResponse\"\x00BCZAgithub.com/portcullis-mesh/portcullis/proto/portcullis/ca/v1;cav1b\x06proto3"
 
 var (
 	file_portcullis_ca_v1_ca_proto_rawDescOnce sync.Once
@@ -147,19 +389,31 @@ func file_portcullis_ca_v1_ca_proto_rawDescGZIP() []byte {
 	return file_portcullis_ca_v1_ca_proto_rawDescData
 }
 
-var file_portcullis_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_portcullis_ca_v1_ca_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_portcullis_ca_v1_ca_proto_goTypes = []any{
 	(*GetTrustBundleRequest)(nil),  // 0: portcullis.ca.v1.GetTrustBundleRequest
 	(*GetTrustBundleResponse)(nil), // 1: portcullis.ca.v1.GetTrustBundleResponse
+	(*MintJWTSVIDRequest)(nil),     // 2: portcullis.ca.v1.MintJWTSVIDRequest
+	(*MintJWTSVIDResponse)(nil),    // 3: portcullis.ca.v1.MintJWTSVIDResponse
+	(*GetJWTBundleRequest)(nil),    // 4: portcullis.ca.v1.GetJWTBundleRequest
+	(*GetJWTBundleResponse)(nil),   // 5: portcullis.ca.v1.GetJWTBundleResponse
+	(*structpb.Struct)(nil),        // 6: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil),  // 7: google.protobuf.Timestamp
 }
 var file_portcullis_ca_v1_ca_proto_depIdxs = []int32{
-	0, // 0: portcullis.ca.v1.TrustBundleService.GetTrustBundle:input_type -> portcullis.ca.v1.GetTrustBundleRequest
-	1, // 1: portcullis.ca.v1.TrustBundleService.GetTrustBundle:output_type -> portcullis.ca.v1.GetTrustBundleResponse
-	1, // [1:2] is the sub-list for method output_type
-	0, // [0:1] is the sub-list for method input_type
-	0, // [0:0] is the sub-list for extension type_name
-	0, // [0:0] is the sub-list for extension extendee
-	0, // [0:0] is the sub-list for field type_name
+	6, // 0: portcullis.ca.v1.MintJWTSVIDRequest.metadata:type_name -> google.protobuf.Struct
+	7, // 1: portcullis.ca.v1.MintJWTSVIDResponse.expires_at:type_name -> google.protobuf.Timestamp
+	0, // 2: portcullis.ca.v1.TrustBundleService.GetTrustBundle:input_type -> portcullis.ca.v1.GetTrustBundleRequest
+	2, // 3: portcullis.ca.v1.JWTSVIDService.MintJWTSVID:input_type -> portcullis.ca.v1.MintJWTSVIDRequest
+	4, // 4: portcullis.ca.v1.JWTSVIDService.GetJWTBundle:input_type -> portcullis.ca.v1.GetJWTBundleRequest
+	1, // 5: portcullis.ca.v1.TrustBundleService.GetTrustBundle:output_type -> portcullis.ca.v1.GetTrustBundleResponse
+	3, // 6: portcullis.ca.v1.JWTSVIDService.MintJWTSVID:output_type -> portcullis.ca.v1.MintJWTSVIDResponse
+	5, // 7: portcullis.ca.v1.JWTSVIDService.GetJWTBundle:output_type -> portcullis.ca.v1.GetJWTBundleResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
+	2, // [2:2] is the sub-list for extension type_name
+	2, // [2:2] is the sub-list for extension extendee
+	0, // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_portcullis_ca_v1_ca_proto_init() }
@@ -173,9 +427,9 @@ func file_portcullis_ca_v1_ca_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_portcullis_ca_v1_ca_proto_rawDesc), len(file_portcullis_ca_v1_ca_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   6,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_portcullis_ca_v1_ca_proto_goTypes,
 		DependencyIndexes: file_portcullis_ca_v1_ca_proto_depIdxs,

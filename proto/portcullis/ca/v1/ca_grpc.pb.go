@@ -125,3 +125,155 @@ var TrustBundleService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "portcullis/ca/v1/ca.proto",
 }
+
+const (
+	JWTSVIDService_MintJWTSVID_FullMethodName  = "/portcullis.ca.v1.JWTSVIDService/MintJWTSVID"
+	JWTSVIDService_GetJWTBundle_FullMethodName = "/portcullis.ca.v1.JWTSVIDService/GetJWTBundle"
+)
+
+// JWTSVIDServiceClient is the client API for JWTSVIDService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// JWTSVIDService mints JWT-SVIDs for the workloads of the calling node agent, with the same
+// authorization as a certificate: the caller is a node agent (mTLS), the workload is named by
+// its token (authorization: Bearer metadata) or by the agent's statement of a pod it attested
+// (libs/attestedpod, in metadata), and the pod must run on the calling agent's node.
+type JWTSVIDServiceClient interface {
+	MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error)
+	// GetJWTBundle returns the keys JWT-SVIDs of this trust domain are verified with.
+	GetJWTBundle(ctx context.Context, in *GetJWTBundleRequest, opts ...grpc.CallOption) (*GetJWTBundleResponse, error)
+}
+
+type jWTSVIDServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewJWTSVIDServiceClient(cc grpc.ClientConnInterface) JWTSVIDServiceClient {
+	return &jWTSVIDServiceClient{cc}
+}
+
+func (c *jWTSVIDServiceClient) MintJWTSVID(ctx context.Context, in *MintJWTSVIDRequest, opts ...grpc.CallOption) (*MintJWTSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MintJWTSVIDResponse)
+	err := c.cc.Invoke(ctx, JWTSVIDService_MintJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jWTSVIDServiceClient) GetJWTBundle(ctx context.Context, in *GetJWTBundleRequest, opts ...grpc.CallOption) (*GetJWTBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetJWTBundleResponse)
+	err := c.cc.Invoke(ctx, JWTSVIDService_GetJWTBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// JWTSVIDServiceServer is the server API for JWTSVIDService service.
+// All implementations must embed UnimplementedJWTSVIDServiceServer
+// for forward compatibility.
+//
+// JWTSVIDService mints JWT-SVIDs for the workloads of the calling node agent, with the same
+// authorization as a certificate: the caller is a node agent (mTLS), the workload is named by
+// its token (authorization: Bearer metadata) or by the agent's statement of a pod it attested
+// (libs/attestedpod, in metadata), and the pod must run on the calling agent's node.
+type JWTSVIDServiceServer interface {
+	MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error)
+	// GetJWTBundle returns the keys JWT-SVIDs of this trust domain are verified with.
+	GetJWTBundle(context.Context, *GetJWTBundleRequest) (*GetJWTBundleResponse, error)
+	mustEmbedUnimplementedJWTSVIDServiceServer()
+}
+
+// UnimplementedJWTSVIDServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedJWTSVIDServiceServer struct{}
+
+func (UnimplementedJWTSVIDServiceServer) MintJWTSVID(context.Context, *MintJWTSVIDRequest) (*MintJWTSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MintJWTSVID not implemented")
+}
+func (UnimplementedJWTSVIDServiceServer) GetJWTBundle(context.Context, *GetJWTBundleRequest) (*GetJWTBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetJWTBundle not implemented")
+}
+func (UnimplementedJWTSVIDServiceServer) mustEmbedUnimplementedJWTSVIDServiceServer() {}
+func (UnimplementedJWTSVIDServiceServer) testEmbeddedByValue()                        {}
+
+// UnsafeJWTSVIDServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to JWTSVIDServiceServer will
+// result in compilation errors.
+type UnsafeJWTSVIDServiceServer interface {
+	mustEmbedUnimplementedJWTSVIDServiceServer()
+}
+
+func RegisterJWTSVIDServiceServer(s grpc.ServiceRegistrar, srv JWTSVIDServiceServer) {
+	// If the following call panics, it indicates UnimplementedJWTSVIDServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&JWTSVIDService_ServiceDesc, srv)
+}
+
+func _JWTSVIDService_MintJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MintJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JWTSVIDServiceServer).MintJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JWTSVIDService_MintJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JWTSVIDServiceServer).MintJWTSVID(ctx, req.(*MintJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JWTSVIDService_GetJWTBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetJWTBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JWTSVIDServiceServer).GetJWTBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JWTSVIDService_GetJWTBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JWTSVIDServiceServer).GetJWTBundle(ctx, req.(*GetJWTBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// JWTSVIDService_ServiceDesc is the grpc.ServiceDesc for JWTSVIDService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var JWTSVIDService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "portcullis.ca.v1.JWTSVIDService",
+	HandlerType: (*JWTSVIDServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "MintJWTSVID",
+			Handler:    _JWTSVIDService_MintJWTSVID_Handler,
+		},
+		{
+			MethodName: "GetJWTBundle",
+			Handler:    _JWTSVIDService_GetJWTBundle_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "portcullis/ca/v1/ca.proto",
+}

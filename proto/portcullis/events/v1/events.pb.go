@@ -111,6 +111,7 @@ type Event struct {
 	//	*Event_IdentityRotation
 	//	*Event_IdentityRevocation
 	//	*Event_CertificateExpiring
+	//	*Event_JwtBundleChanged
 	Kind          isEvent_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -233,6 +234,15 @@ func (x *Event) GetCertificateExpiring() *CertificateExpiring {
 	return nil
 }
 
+func (x *Event) GetJwtBundleChanged() *JWTBundleChanged {
+	if x != nil {
+		if x, ok := x.Kind.(*Event_JwtBundleChanged); ok {
+			return x.JwtBundleChanged
+		}
+	}
+	return nil
+}
+
 type isEvent_Kind interface {
 	isEvent_Kind()
 }
@@ -257,6 +267,10 @@ type Event_CertificateExpiring struct {
 	CertificateExpiring *CertificateExpiring `protobuf:"bytes,14,opt,name=certificate_expiring,json=certificateExpiring,proto3,oneof"`
 }
 
+type Event_JwtBundleChanged struct {
+	JwtBundleChanged *JWTBundleChanged `protobuf:"bytes,15,opt,name=jwt_bundle_changed,json=jwtBundleChanged,proto3,oneof"`
+}
+
 func (*Event_TrustBundleChanged) isEvent_Kind() {}
 
 func (*Event_CaRotation) isEvent_Kind() {}
@@ -266,6 +280,8 @@ func (*Event_IdentityRotation) isEvent_Kind() {}
 func (*Event_IdentityRevocation) isEvent_Kind() {}
 
 func (*Event_CertificateExpiring) isEvent_Kind() {}
+
+func (*Event_JwtBundleChanged) isEvent_Kind() {}
 
 // The set of trusted roots changed: fetch the bundle (ROOTCA) again.
 type TrustBundleChanged struct {
@@ -567,11 +583,57 @@ func (x *CertificateExpiring) GetNotAfter() *timestamppb.Timestamp {
 	return nil
 }
 
+// The set of JWT-SVID signing keys changed (a key prepared, activated or retired): fetch the JWT
+// bundle again.
+type JWTBundleChanged struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	BundleVersion uint64                 `protobuf:"varint,1,opt,name=bundle_version,json=bundleVersion,proto3" json:"bundle_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTBundleChanged) Reset() {
+	*x = JWTBundleChanged{}
+	mi := &file_portcullis_events_v1_events_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTBundleChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTBundleChanged) ProtoMessage() {}
+
+func (x *JWTBundleChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_events_v1_events_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTBundleChanged.ProtoReflect.Descriptor instead.
+func (*JWTBundleChanged) Descriptor() ([]byte, []int) {
+	return file_portcullis_events_v1_events_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *JWTBundleChanged) GetBundleVersion() uint64 {
+	if x != nil {
+		return x.BundleVersion
+	}
+	return 0
+}
+
 var File_portcullis_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_portcullis_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"!portcullis/events/v1/events.proto\x12\x14portcullis.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xec\x04\n" +
+	"!portcullis/events/v1/events.proto\x12\x14portcullis.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x05\n" +
 	"\x05Event\x12%\n" +
 	"\x0eschema_version\x18\x01 \x01(\rR\rschemaVersion\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12\x0e\n" +
@@ -584,7 +646,8 @@ const file_portcullis_events_v1_events_proto_rawDesc = "" +
 	"caRotation\x12U\n" +
 	"\x11identity_rotation\x18\f \x01(\v2&.portcullis.events.v1.IdentityRotationH\x00R\x10identityRotation\x12[\n" +
 	"\x13identity_revocation\x18\r \x01(\v2(.portcullis.events.v1.IdentityRevocationH\x00R\x12identityRevocation\x12^\n" +
-	"\x14certificate_expiring\x18\x0e \x01(\v2).portcullis.events.v1.CertificateExpiringH\x00R\x13certificateExpiringB\x06\n" +
+	"\x14certificate_expiring\x18\x0e \x01(\v2).portcullis.events.v1.CertificateExpiringH\x00R\x13certificateExpiring\x12V\n" +
+	"\x12jwt_bundle_changed\x18\x0f \x01(\v2&.portcullis.events.v1.JWTBundleChangedH\x00R\x10jwtBundleChangedB\x06\n" +
 	"\x04kind\"\\\n" +
 	"\x12TrustBundleChanged\x12%\n" +
 	"\x0ebundle_version\x18\x01 \x01(\x04R\rbundleVersion\x12\x1f\n" +
@@ -612,7 +675,9 @@ const file_portcullis_events_v1_events_proto_rawDesc = "" +
 	"\x13CertificateExpiring\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x16\n" +
 	"\x06serial\x18\x02 \x01(\tR\x06serial\x127\n" +
-	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfterBKZIgithub.com/portcullis-mesh/portcullis/proto/portcullis/events/v1;eventsv1b\x06proto3"
+	"\tnot_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\"9\n" +
+	"\x10JWTBundleChanged\x12%\n" +
+	"\x0ebundle_version\x18\x01 \x01(\x04R\rbundleVersionBKZIgithub.com/portcullis-mesh/portcullis/proto/portcullis/events/v1;eventsv1b\x06proto3"
 
 var (
 	file_portcullis_events_v1_events_proto_rawDescOnce sync.Once
@@ -627,7 +692,7 @@ func file_portcullis_events_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_portcullis_events_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_portcullis_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_portcullis_events_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_portcullis_events_v1_events_proto_goTypes = []any{
 	(CARotation_Step)(0),          // 0: portcullis.events.v1.CARotation.Step
 	(*Event)(nil),                 // 1: portcullis.events.v1.Event
@@ -636,23 +701,25 @@ var file_portcullis_events_v1_events_proto_goTypes = []any{
 	(*IdentityRotation)(nil),      // 4: portcullis.events.v1.IdentityRotation
 	(*IdentityRevocation)(nil),    // 5: portcullis.events.v1.IdentityRevocation
 	(*CertificateExpiring)(nil),   // 6: portcullis.events.v1.CertificateExpiring
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*JWTBundleChanged)(nil),      // 7: portcullis.events.v1.JWTBundleChanged
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_portcullis_events_v1_events_proto_depIdxs = []int32{
-	7, // 0: portcullis.events.v1.Event.time:type_name -> google.protobuf.Timestamp
-	2, // 1: portcullis.events.v1.Event.trust_bundle_changed:type_name -> portcullis.events.v1.TrustBundleChanged
-	3, // 2: portcullis.events.v1.Event.ca_rotation:type_name -> portcullis.events.v1.CARotation
-	4, // 3: portcullis.events.v1.Event.identity_rotation:type_name -> portcullis.events.v1.IdentityRotation
-	5, // 4: portcullis.events.v1.Event.identity_revocation:type_name -> portcullis.events.v1.IdentityRevocation
-	6, // 5: portcullis.events.v1.Event.certificate_expiring:type_name -> portcullis.events.v1.CertificateExpiring
-	0, // 6: portcullis.events.v1.CARotation.step:type_name -> portcullis.events.v1.CARotation.Step
-	7, // 7: portcullis.events.v1.IdentityRevocation.revoked_before:type_name -> google.protobuf.Timestamp
-	7, // 8: portcullis.events.v1.CertificateExpiring.not_after:type_name -> google.protobuf.Timestamp
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	8,  // 0: portcullis.events.v1.Event.time:type_name -> google.protobuf.Timestamp
+	2,  // 1: portcullis.events.v1.Event.trust_bundle_changed:type_name -> portcullis.events.v1.TrustBundleChanged
+	3,  // 2: portcullis.events.v1.Event.ca_rotation:type_name -> portcullis.events.v1.CARotation
+	4,  // 3: portcullis.events.v1.Event.identity_rotation:type_name -> portcullis.events.v1.IdentityRotation
+	5,  // 4: portcullis.events.v1.Event.identity_revocation:type_name -> portcullis.events.v1.IdentityRevocation
+	6,  // 5: portcullis.events.v1.Event.certificate_expiring:type_name -> portcullis.events.v1.CertificateExpiring
+	7,  // 6: portcullis.events.v1.Event.jwt_bundle_changed:type_name -> portcullis.events.v1.JWTBundleChanged
+	0,  // 7: portcullis.events.v1.CARotation.step:type_name -> portcullis.events.v1.CARotation.Step
+	8,  // 8: portcullis.events.v1.IdentityRevocation.revoked_before:type_name -> google.protobuf.Timestamp
+	8,  // 9: portcullis.events.v1.CertificateExpiring.not_after:type_name -> google.protobuf.Timestamp
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_portcullis_events_v1_events_proto_init() }
@@ -666,6 +733,7 @@ func file_portcullis_events_v1_events_proto_init() {
 		(*Event_IdentityRotation)(nil),
 		(*Event_IdentityRevocation)(nil),
 		(*Event_CertificateExpiring)(nil),
+		(*Event_JwtBundleChanged)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -673,7 +741,7 @@ func file_portcullis_events_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_portcullis_events_v1_events_proto_rawDesc), len(file_portcullis_events_v1_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   6,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

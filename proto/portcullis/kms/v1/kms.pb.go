@@ -76,6 +76,220 @@ func (RotationStep) EnumDescriptor() ([]byte, []int) {
 	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{0}
 }
 
+type SignJWTSVIDRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The identity: the token's sub.
+	SpiffeId string `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// The token's aud; at least one.
+	Audiences []string `protobuf:"bytes,2,rep,name=audiences,proto3" json:"audiences,omitempty"`
+	// Requested lifetime in seconds; the backend clamps it to its maximum.
+	TtlSeconds    int64 `protobuf:"varint,3,opt,name=ttl_seconds,json=ttlSeconds,proto3" json:"ttl_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTSVIDRequest) Reset() {
+	*x = SignJWTSVIDRequest{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTSVIDRequest) ProtoMessage() {}
+
+func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *SignJWTSVIDRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *SignJWTSVIDRequest) GetAudiences() []string {
+	if x != nil {
+		return x.Audiences
+	}
+	return nil
+}
+
+func (x *SignJWTSVIDRequest) GetTtlSeconds() int64 {
+	if x != nil {
+		return x.TtlSeconds
+	}
+	return 0
+}
+
+type SignJWTSVIDResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A compact JWS (header.payload.signature) with kid, sub, aud, exp and iat.
+	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SignJWTSVIDResponse) Reset() {
+	*x = SignJWTSVIDResponse{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SignJWTSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SignJWTSVIDResponse) ProtoMessage() {}
+
+func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
+func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *SignJWTSVIDResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *SignJWTSVIDResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+type GetJWTBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJWTBundleRequest) Reset() {
+	*x = GetJWTBundleRequest{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJWTBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJWTBundleRequest) ProtoMessage() {}
+
+func (x *GetJWTBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJWTBundleRequest.ProtoReflect.Descriptor instead.
+func (*GetJWTBundleRequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{2}
+}
+
+type GetJWTBundleResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The bundle as an RFC 7517 JWK Set (JSON), each key with "use": "jwt-svid".
+	Jwks []byte `protobuf:"bytes,2,opt,name=jwks,proto3" json:"jwks,omitempty"`
+	// Increases whenever the set of keys changes.
+	Version       uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJWTBundleResponse) Reset() {
+	*x = GetJWTBundleResponse{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJWTBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJWTBundleResponse) ProtoMessage() {}
+
+func (x *GetJWTBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJWTBundleResponse.ProtoReflect.Descriptor instead.
+func (*GetJWTBundleResponse) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *GetJWTBundleResponse) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *GetJWTBundleResponse) GetJwks() []byte {
+	if x != nil {
+		return x.Jwks
+	}
+	return nil
+}
+
+func (x *GetJWTBundleResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
 type SignCertificateRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER-encoded PKCS#10 certificate signing request.
@@ -90,7 +304,7 @@ type SignCertificateRequest struct {
 
 func (x *SignCertificateRequest) Reset() {
 	*x = SignCertificateRequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[0]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -102,7 +316,7 @@ func (x *SignCertificateRequest) String() string {
 func (*SignCertificateRequest) ProtoMessage() {}
 
 func (x *SignCertificateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[0]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -115,7 +329,7 @@ func (x *SignCertificateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignCertificateRequest.ProtoReflect.Descriptor instead.
 func (*SignCertificateRequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{0}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SignCertificateRequest) GetCsr() []byte {
@@ -149,7 +363,7 @@ type SignCertificateResponse struct {
 
 func (x *SignCertificateResponse) Reset() {
 	*x = SignCertificateResponse{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[1]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -161,7 +375,7 @@ func (x *SignCertificateResponse) String() string {
 func (*SignCertificateResponse) ProtoMessage() {}
 
 func (x *SignCertificateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[1]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -174,7 +388,7 @@ func (x *SignCertificateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignCertificateResponse.ProtoReflect.Descriptor instead.
 func (*SignCertificateResponse) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{1}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SignCertificateResponse) GetCertChain() [][]byte {
@@ -192,7 +406,7 @@ type GetRevocationsRequest struct {
 
 func (x *GetRevocationsRequest) Reset() {
 	*x = GetRevocationsRequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[2]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -204,7 +418,7 @@ func (x *GetRevocationsRequest) String() string {
 func (*GetRevocationsRequest) ProtoMessage() {}
 
 func (x *GetRevocationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[2]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -217,7 +431,7 @@ func (x *GetRevocationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevocationsRequest.ProtoReflect.Descriptor instead.
 func (*GetRevocationsRequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{2}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{6}
 }
 
 type GetRevocationsResponse struct {
@@ -232,7 +446,7 @@ type GetRevocationsResponse struct {
 
 func (x *GetRevocationsResponse) Reset() {
 	*x = GetRevocationsResponse{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[3]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -244,7 +458,7 @@ func (x *GetRevocationsResponse) String() string {
 func (*GetRevocationsResponse) ProtoMessage() {}
 
 func (x *GetRevocationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[3]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -257,7 +471,7 @@ func (x *GetRevocationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRevocationsResponse.ProtoReflect.Descriptor instead.
 func (*GetRevocationsResponse) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{3}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetRevocationsResponse) GetVersion() uint64 {
@@ -296,7 +510,7 @@ type Revocation struct {
 
 func (x *Revocation) Reset() {
 	*x = Revocation{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[4]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -308,7 +522,7 @@ func (x *Revocation) String() string {
 func (*Revocation) ProtoMessage() {}
 
 func (x *Revocation) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[4]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -321,7 +535,7 @@ func (x *Revocation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
 func (*Revocation) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{4}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Revocation) GetSpiffeId() string {
@@ -367,7 +581,7 @@ type GetTrustBundleRequest struct {
 
 func (x *GetTrustBundleRequest) Reset() {
 	*x = GetTrustBundleRequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[5]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +593,7 @@ func (x *GetTrustBundleRequest) String() string {
 func (*GetTrustBundleRequest) ProtoMessage() {}
 
 func (x *GetTrustBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[5]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +606,7 @@ func (x *GetTrustBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTrustBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetTrustBundleRequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{5}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{9}
 }
 
 type GetTrustBundleResponse struct {
@@ -408,7 +622,7 @@ type GetTrustBundleResponse struct {
 
 func (x *GetTrustBundleResponse) Reset() {
 	*x = GetTrustBundleResponse{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[6]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -420,7 +634,7 @@ func (x *GetTrustBundleResponse) String() string {
 func (*GetTrustBundleResponse) ProtoMessage() {}
 
 func (x *GetTrustBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[6]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -433,7 +647,7 @@ func (x *GetTrustBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetTrustBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetTrustBundleResponse) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{6}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetTrustBundleResponse) GetTrustDomain() string {
@@ -457,6 +671,225 @@ func (x *GetTrustBundleResponse) GetVersion() uint64 {
 	return 0
 }
 
+type GetJWTKeyStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetJWTKeyStatusRequest) Reset() {
+	*x = GetJWTKeyStatusRequest{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetJWTKeyStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetJWTKeyStatusRequest) ProtoMessage() {}
+
+func (x *GetJWTKeyStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetJWTKeyStatusRequest.ProtoReflect.Descriptor instead.
+func (*GetJWTKeyStatusRequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{11}
+}
+
+type RotateJWTKeyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Step          RotationStep           `protobuf:"varint,1,opt,name=step,proto3,enum=portcullis.kms.v1.RotationStep" json:"step,omitempty"`
+	Force         bool                   `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateJWTKeyRequest) Reset() {
+	*x = RotateJWTKeyRequest{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateJWTKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateJWTKeyRequest) ProtoMessage() {}
+
+func (x *RotateJWTKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateJWTKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateJWTKeyRequest) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RotateJWTKeyRequest) GetStep() RotationStep {
+	if x != nil {
+		return x.Step
+	}
+	return RotationStep_ROTATION_STEP_UNSPECIFIED
+}
+
+func (x *RotateJWTKeyRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type JWTKeyInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// "prepared", "active" or "retiring".
+	State     string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	CreatedAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	// For a retiring key: when the last token it signed expires.
+	UsableUntil   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=usable_until,json=usableUntil,proto3" json:"usable_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTKeyInfo) Reset() {
+	*x = JWTKeyInfo{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTKeyInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTKeyInfo) ProtoMessage() {}
+
+func (x *JWTKeyInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTKeyInfo.ProtoReflect.Descriptor instead.
+func (*JWTKeyInfo) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *JWTKeyInfo) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *JWTKeyInfo) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *JWTKeyInfo) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+func (x *JWTKeyInfo) GetUsableUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UsableUntil
+	}
+	return nil
+}
+
+type JWTKeyStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Keys          []*JWTKeyInfo          `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	BundleVersion uint64                 `protobuf:"varint,2,opt,name=bundle_version,json=bundleVersion,proto3" json:"bundle_version,omitempty"`
+	// When the scheduler takes the next step (unset: no schedule).
+	NextStepAt    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=next_step_at,json=nextStepAt,proto3" json:"next_step_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTKeyStatus) Reset() {
+	*x = JWTKeyStatus{}
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTKeyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTKeyStatus) ProtoMessage() {}
+
+func (x *JWTKeyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTKeyStatus.ProtoReflect.Descriptor instead.
+func (*JWTKeyStatus) Descriptor() ([]byte, []int) {
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *JWTKeyStatus) GetKeys() []*JWTKeyInfo {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *JWTKeyStatus) GetBundleVersion() uint64 {
+	if x != nil {
+		return x.BundleVersion
+	}
+	return 0
+}
+
+func (x *JWTKeyStatus) GetNextStepAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextStepAt
+	}
+	return nil
+}
+
 type GetCAStatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -465,7 +898,7 @@ type GetCAStatusRequest struct {
 
 func (x *GetCAStatusRequest) Reset() {
 	*x = GetCAStatusRequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[7]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +910,7 @@ func (x *GetCAStatusRequest) String() string {
 func (*GetCAStatusRequest) ProtoMessage() {}
 
 func (x *GetCAStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[7]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +923,7 @@ func (x *GetCAStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCAStatusRequest.ProtoReflect.Descriptor instead.
 func (*GetCAStatusRequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{7}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{15}
 }
 
 type RotateCARequest struct {
@@ -504,7 +937,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[8]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -516,7 +949,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[8]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -529,7 +962,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{8}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RotateCARequest) GetStep() RotationStep {
@@ -558,7 +991,7 @@ type CAInfo struct {
 
 func (x *CAInfo) Reset() {
 	*x = CAInfo{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[9]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +1003,7 @@ func (x *CAInfo) String() string {
 func (*CAInfo) ProtoMessage() {}
 
 func (x *CAInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[9]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +1016,7 @@ func (x *CAInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAInfo.ProtoReflect.Descriptor instead.
 func (*CAInfo) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{9}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CAInfo) GetRoot() []byte {
@@ -615,7 +1048,7 @@ type CAStatus struct {
 
 func (x *CAStatus) Reset() {
 	*x = CAStatus{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[10]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +1060,7 @@ func (x *CAStatus) String() string {
 func (*CAStatus) ProtoMessage() {}
 
 func (x *CAStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[10]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +1073,7 @@ func (x *CAStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatus.ProtoReflect.Descriptor instead.
 func (*CAStatus) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{10}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CAStatus) GetBundleVersion() uint64 {
@@ -695,7 +1128,7 @@ type ForceRotateIdentityRequest struct {
 
 func (x *ForceRotateIdentityRequest) Reset() {
 	*x = ForceRotateIdentityRequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[11]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +1140,7 @@ func (x *ForceRotateIdentityRequest) String() string {
 func (*ForceRotateIdentityRequest) ProtoMessage() {}
 
 func (x *ForceRotateIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[11]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +1153,7 @@ func (x *ForceRotateIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceRotateIdentityRequest.ProtoReflect.Descriptor instead.
 func (*ForceRotateIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{11}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ForceRotateIdentityRequest) GetSpiffeId() string {
@@ -747,7 +1180,7 @@ type ForceRotateIdentityResponse struct {
 
 func (x *ForceRotateIdentityResponse) Reset() {
 	*x = ForceRotateIdentityResponse{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[12]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -759,7 +1192,7 @@ func (x *ForceRotateIdentityResponse) String() string {
 func (*ForceRotateIdentityResponse) ProtoMessage() {}
 
 func (x *ForceRotateIdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[12]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -772,7 +1205,7 @@ func (x *ForceRotateIdentityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForceRotateIdentityResponse.ProtoReflect.Descriptor instead.
 func (*ForceRotateIdentityResponse) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{12}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ForceRotateIdentityResponse) GetEventSequence() uint64 {
@@ -792,7 +1225,7 @@ type RevokeIdentityRequest struct {
 
 func (x *RevokeIdentityRequest) Reset() {
 	*x = RevokeIdentityRequest{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[13]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +1237,7 @@ func (x *RevokeIdentityRequest) String() string {
 func (*RevokeIdentityRequest) ProtoMessage() {}
 
 func (x *RevokeIdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[13]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +1250,7 @@ func (x *RevokeIdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeIdentityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeIdentityRequest) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{13}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RevokeIdentityRequest) GetSpiffeId() string {
@@ -845,7 +1278,7 @@ type RevokeIdentityResponse struct {
 
 func (x *RevokeIdentityResponse) Reset() {
 	*x = RevokeIdentityResponse{}
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[14]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +1290,7 @@ func (x *RevokeIdentityResponse) String() string {
 func (*RevokeIdentityResponse) ProtoMessage() {}
 
 func (x *RevokeIdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[14]
+	mi := &file_portcullis_kms_v1_kms_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +1303,7 @@ func (x *RevokeIdentityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeIdentityResponse.ProtoReflect.Descriptor instead.
 func (*RevokeIdentityResponse) Descriptor() ([]byte, []int) {
-	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{14}
+	return file_portcullis_kms_v1_kms_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RevokeIdentityResponse) GetEventSequence() uint64 {
@@ -891,7 +1324,21 @@ var File_portcullis_kms_v1_kms_proto protoreflect.FileDescriptor
 
 const file_portcullis_kms_v1_kms_proto_rawDesc = "" +
 	"\n" +
-	"\x1bportcullis/kms/v1/kms.proto\x12\x11portcullis.kms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"h\n" +
+	"\x1bportcullis/kms/v1/kms.proto\x12\x11portcullis.kms.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"p\n" +
+	"\x12SignJWTSVIDRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1c\n" +
+	"\taudiences\x18\x02 \x03(\tR\taudiences\x12\x1f\n" +
+	"\vttl_seconds\x18\x03 \x01(\x03R\n" +
+	"ttlSeconds\"f\n" +
+	"\x13SignJWTSVIDResponse\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x15\n" +
+	"\x13GetJWTBundleRequest\"g\n" +
+	"\x14GetJWTBundleResponse\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12\x12\n" +
+	"\x04jwks\x18\x02 \x01(\fR\x04jwks\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\"h\n" +
 	"\x16SignCertificateRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1f\n" +
@@ -917,7 +1364,23 @@ const file_portcullis_kms_v1_kms_proto_rawDesc = "" +
 	"\x16GetTrustBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12+\n" +
 	"\x11root_certificates\x18\x02 \x03(\fR\x10rootCertificates\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\x04R\aversion\"\x14\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\"\x18\n" +
+	"\x16GetJWTKeyStatusRequest\"`\n" +
+	"\x13RotateJWTKeyRequest\x123\n" +
+	"\x04step\x18\x01 \x01(\x0e2\x1f.portcullis.kms.v1.RotationStepR\x04step\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\xb3\x01\n" +
+	"\n" +
+	"JWTKeyInfo\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x129\n" +
+	"\n" +
+	"created_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12=\n" +
+	"\fusable_until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vusableUntil\"\xa6\x01\n" +
+	"\fJWTKeyStatus\x121\n" +
+	"\x04keys\x18\x01 \x03(\v2\x1d.portcullis.kms.v1.JWTKeyInfoR\x04keys\x12%\n" +
+	"\x0ebundle_version\x18\x02 \x01(\x04R\rbundleVersion\x12<\n" +
+	"\fnext_step_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"nextStepAt\"\x14\n" +
 	"\x12GetCAStatusRequest\"\\\n" +
 	"\x0fRotateCARequest\x123\n" +
 	"\x04step\x18\x01 \x01(\x0e2\x1f.portcullis.kms.v1.RotationStepR\x04step\x12\x14\n" +
@@ -951,12 +1414,18 @@ const file_portcullis_kms_v1_kms_proto_rawDesc = "" +
 	"\x14KeyManagementService\x12j\n" +
 	"\x0fSignCertificate\x12).portcullis.kms.v1.SignCertificateRequest\x1a*.portcullis.kms.v1.SignCertificateResponse\"\x00\x12g\n" +
 	"\x0eGetTrustBundle\x12(.portcullis.kms.v1.GetTrustBundleRequest\x1a).portcullis.kms.v1.GetTrustBundleResponse\"\x00\x12g\n" +
-	"\x0eGetRevocations\x12(.portcullis.kms.v1.GetRevocationsRequest\x1a).portcullis.kms.v1.GetRevocationsResponse\"\x002\x96\x03\n" +
+	"\x0eGetRevocations\x12(.portcullis.kms.v1.GetRevocationsRequest\x1a).portcullis.kms.v1.GetRevocationsResponse\"\x002\xcf\x01\n" +
+	"\n" +
+	"JWTService\x12^\n" +
+	"\vSignJWTSVID\x12%.portcullis.kms.v1.SignJWTSVIDRequest\x1a&.portcullis.kms.v1.SignJWTSVIDResponse\"\x00\x12a\n" +
+	"\fGetJWTBundle\x12&.portcullis.kms.v1.GetJWTBundleRequest\x1a'.portcullis.kms.v1.GetJWTBundleResponse\"\x002\xd2\x04\n" +
 	"\x0fKMSAdminService\x12S\n" +
 	"\vGetCAStatus\x12%.portcullis.kms.v1.GetCAStatusRequest\x1a\x1b.portcullis.kms.v1.CAStatus\"\x00\x12M\n" +
 	"\bRotateCA\x12\".portcullis.kms.v1.RotateCARequest\x1a\x1b.portcullis.kms.v1.CAStatus\"\x00\x12v\n" +
 	"\x13ForceRotateIdentity\x12-.portcullis.kms.v1.ForceRotateIdentityRequest\x1a..portcullis.kms.v1.ForceRotateIdentityResponse\"\x00\x12g\n" +
-	"\x0eRevokeIdentity\x12(.portcullis.kms.v1.RevokeIdentityRequest\x1a).portcullis.kms.v1.RevokeIdentityResponse\"\x00BEZCgithub.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1;kmsv1b\x06proto3"
+	"\x0eRevokeIdentity\x12(.portcullis.kms.v1.RevokeIdentityRequest\x1a).portcullis.kms.v1.RevokeIdentityResponse\"\x00\x12_\n" +
+	"\x0fGetJWTKeyStatus\x12).portcullis.kms.v1.GetJWTKeyStatusRequest\x1a\x1f.portcullis.kms.v1.JWTKeyStatus\"\x00\x12Y\n" +
+	"\fRotateJWTKey\x12&.portcullis.kms.v1.RotateJWTKeyRequest\x1a\x1f.portcullis.kms.v1.JWTKeyStatus\"\x00BEZCgithub.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1;kmsv1b\x06proto3"
 
 var (
 	file_portcullis_kms_v1_kms_proto_rawDescOnce sync.Once
@@ -971,55 +1440,77 @@ func file_portcullis_kms_v1_kms_proto_rawDescGZIP() []byte {
 }
 
 var file_portcullis_kms_v1_kms_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_portcullis_kms_v1_kms_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_portcullis_kms_v1_kms_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_portcullis_kms_v1_kms_proto_goTypes = []any{
 	(RotationStep)(0),                   // 0: portcullis.kms.v1.RotationStep
-	(*SignCertificateRequest)(nil),      // 1: portcullis.kms.v1.SignCertificateRequest
-	(*SignCertificateResponse)(nil),     // 2: portcullis.kms.v1.SignCertificateResponse
-	(*GetRevocationsRequest)(nil),       // 3: portcullis.kms.v1.GetRevocationsRequest
-	(*GetRevocationsResponse)(nil),      // 4: portcullis.kms.v1.GetRevocationsResponse
-	(*Revocation)(nil),                  // 5: portcullis.kms.v1.Revocation
-	(*GetTrustBundleRequest)(nil),       // 6: portcullis.kms.v1.GetTrustBundleRequest
-	(*GetTrustBundleResponse)(nil),      // 7: portcullis.kms.v1.GetTrustBundleResponse
-	(*GetCAStatusRequest)(nil),          // 8: portcullis.kms.v1.GetCAStatusRequest
-	(*RotateCARequest)(nil),             // 9: portcullis.kms.v1.RotateCARequest
-	(*CAInfo)(nil),                      // 10: portcullis.kms.v1.CAInfo
-	(*CAStatus)(nil),                    // 11: portcullis.kms.v1.CAStatus
-	(*ForceRotateIdentityRequest)(nil),  // 12: portcullis.kms.v1.ForceRotateIdentityRequest
-	(*ForceRotateIdentityResponse)(nil), // 13: portcullis.kms.v1.ForceRotateIdentityResponse
-	(*RevokeIdentityRequest)(nil),       // 14: portcullis.kms.v1.RevokeIdentityRequest
-	(*RevokeIdentityResponse)(nil),      // 15: portcullis.kms.v1.RevokeIdentityResponse
-	(*timestamppb.Timestamp)(nil),       // 16: google.protobuf.Timestamp
+	(*SignJWTSVIDRequest)(nil),          // 1: portcullis.kms.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),         // 2: portcullis.kms.v1.SignJWTSVIDResponse
+	(*GetJWTBundleRequest)(nil),         // 3: portcullis.kms.v1.GetJWTBundleRequest
+	(*GetJWTBundleResponse)(nil),        // 4: portcullis.kms.v1.GetJWTBundleResponse
+	(*SignCertificateRequest)(nil),      // 5: portcullis.kms.v1.SignCertificateRequest
+	(*SignCertificateResponse)(nil),     // 6: portcullis.kms.v1.SignCertificateResponse
+	(*GetRevocationsRequest)(nil),       // 7: portcullis.kms.v1.GetRevocationsRequest
+	(*GetRevocationsResponse)(nil),      // 8: portcullis.kms.v1.GetRevocationsResponse
+	(*Revocation)(nil),                  // 9: portcullis.kms.v1.Revocation
+	(*GetTrustBundleRequest)(nil),       // 10: portcullis.kms.v1.GetTrustBundleRequest
+	(*GetTrustBundleResponse)(nil),      // 11: portcullis.kms.v1.GetTrustBundleResponse
+	(*GetJWTKeyStatusRequest)(nil),      // 12: portcullis.kms.v1.GetJWTKeyStatusRequest
+	(*RotateJWTKeyRequest)(nil),         // 13: portcullis.kms.v1.RotateJWTKeyRequest
+	(*JWTKeyInfo)(nil),                  // 14: portcullis.kms.v1.JWTKeyInfo
+	(*JWTKeyStatus)(nil),                // 15: portcullis.kms.v1.JWTKeyStatus
+	(*GetCAStatusRequest)(nil),          // 16: portcullis.kms.v1.GetCAStatusRequest
+	(*RotateCARequest)(nil),             // 17: portcullis.kms.v1.RotateCARequest
+	(*CAInfo)(nil),                      // 18: portcullis.kms.v1.CAInfo
+	(*CAStatus)(nil),                    // 19: portcullis.kms.v1.CAStatus
+	(*ForceRotateIdentityRequest)(nil),  // 20: portcullis.kms.v1.ForceRotateIdentityRequest
+	(*ForceRotateIdentityResponse)(nil), // 21: portcullis.kms.v1.ForceRotateIdentityResponse
+	(*RevokeIdentityRequest)(nil),       // 22: portcullis.kms.v1.RevokeIdentityRequest
+	(*RevokeIdentityResponse)(nil),      // 23: portcullis.kms.v1.RevokeIdentityResponse
+	(*timestamppb.Timestamp)(nil),       // 24: google.protobuf.Timestamp
 }
 var file_portcullis_kms_v1_kms_proto_depIdxs = []int32{
-	5,  // 0: portcullis.kms.v1.GetRevocationsResponse.revocations:type_name -> portcullis.kms.v1.Revocation
-	16, // 1: portcullis.kms.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
-	16, // 2: portcullis.kms.v1.Revocation.not_before_cutoff:type_name -> google.protobuf.Timestamp
-	16, // 3: portcullis.kms.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 4: portcullis.kms.v1.RotateCARequest.step:type_name -> portcullis.kms.v1.RotationStep
-	10, // 5: portcullis.kms.v1.CAStatus.active:type_name -> portcullis.kms.v1.CAInfo
-	10, // 6: portcullis.kms.v1.CAStatus.next:type_name -> portcullis.kms.v1.CAInfo
-	10, // 7: portcullis.kms.v1.CAStatus.previous:type_name -> portcullis.kms.v1.CAInfo
-	0,  // 8: portcullis.kms.v1.CAStatus.next_step:type_name -> portcullis.kms.v1.RotationStep
-	1,  // 9: portcullis.kms.v1.KeyManagementService.SignCertificate:input_type -> portcullis.kms.v1.SignCertificateRequest
-	6,  // 10: portcullis.kms.v1.KeyManagementService.GetTrustBundle:input_type -> portcullis.kms.v1.GetTrustBundleRequest
-	3,  // 11: portcullis.kms.v1.KeyManagementService.GetRevocations:input_type -> portcullis.kms.v1.GetRevocationsRequest
-	8,  // 12: portcullis.kms.v1.KMSAdminService.GetCAStatus:input_type -> portcullis.kms.v1.GetCAStatusRequest
-	9,  // 13: portcullis.kms.v1.KMSAdminService.RotateCA:input_type -> portcullis.kms.v1.RotateCARequest
-	12, // 14: portcullis.kms.v1.KMSAdminService.ForceRotateIdentity:input_type -> portcullis.kms.v1.ForceRotateIdentityRequest
-	14, // 15: portcullis.kms.v1.KMSAdminService.RevokeIdentity:input_type -> portcullis.kms.v1.RevokeIdentityRequest
-	2,  // 16: portcullis.kms.v1.KeyManagementService.SignCertificate:output_type -> portcullis.kms.v1.SignCertificateResponse
-	7,  // 17: portcullis.kms.v1.KeyManagementService.GetTrustBundle:output_type -> portcullis.kms.v1.GetTrustBundleResponse
-	4,  // 18: portcullis.kms.v1.KeyManagementService.GetRevocations:output_type -> portcullis.kms.v1.GetRevocationsResponse
-	11, // 19: portcullis.kms.v1.KMSAdminService.GetCAStatus:output_type -> portcullis.kms.v1.CAStatus
-	11, // 20: portcullis.kms.v1.KMSAdminService.RotateCA:output_type -> portcullis.kms.v1.CAStatus
-	13, // 21: portcullis.kms.v1.KMSAdminService.ForceRotateIdentity:output_type -> portcullis.kms.v1.ForceRotateIdentityResponse
-	15, // 22: portcullis.kms.v1.KMSAdminService.RevokeIdentity:output_type -> portcullis.kms.v1.RevokeIdentityResponse
-	16, // [16:23] is the sub-list for method output_type
-	9,  // [9:16] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	24, // 0: portcullis.kms.v1.SignJWTSVIDResponse.expires_at:type_name -> google.protobuf.Timestamp
+	9,  // 1: portcullis.kms.v1.GetRevocationsResponse.revocations:type_name -> portcullis.kms.v1.Revocation
+	24, // 2: portcullis.kms.v1.Revocation.revoked_at:type_name -> google.protobuf.Timestamp
+	24, // 3: portcullis.kms.v1.Revocation.not_before_cutoff:type_name -> google.protobuf.Timestamp
+	24, // 4: portcullis.kms.v1.Revocation.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 5: portcullis.kms.v1.RotateJWTKeyRequest.step:type_name -> portcullis.kms.v1.RotationStep
+	24, // 6: portcullis.kms.v1.JWTKeyInfo.created_at:type_name -> google.protobuf.Timestamp
+	24, // 7: portcullis.kms.v1.JWTKeyInfo.usable_until:type_name -> google.protobuf.Timestamp
+	14, // 8: portcullis.kms.v1.JWTKeyStatus.keys:type_name -> portcullis.kms.v1.JWTKeyInfo
+	24, // 9: portcullis.kms.v1.JWTKeyStatus.next_step_at:type_name -> google.protobuf.Timestamp
+	0,  // 10: portcullis.kms.v1.RotateCARequest.step:type_name -> portcullis.kms.v1.RotationStep
+	18, // 11: portcullis.kms.v1.CAStatus.active:type_name -> portcullis.kms.v1.CAInfo
+	18, // 12: portcullis.kms.v1.CAStatus.next:type_name -> portcullis.kms.v1.CAInfo
+	18, // 13: portcullis.kms.v1.CAStatus.previous:type_name -> portcullis.kms.v1.CAInfo
+	0,  // 14: portcullis.kms.v1.CAStatus.next_step:type_name -> portcullis.kms.v1.RotationStep
+	5,  // 15: portcullis.kms.v1.KeyManagementService.SignCertificate:input_type -> portcullis.kms.v1.SignCertificateRequest
+	10, // 16: portcullis.kms.v1.KeyManagementService.GetTrustBundle:input_type -> portcullis.kms.v1.GetTrustBundleRequest
+	7,  // 17: portcullis.kms.v1.KeyManagementService.GetRevocations:input_type -> portcullis.kms.v1.GetRevocationsRequest
+	1,  // 18: portcullis.kms.v1.JWTService.SignJWTSVID:input_type -> portcullis.kms.v1.SignJWTSVIDRequest
+	3,  // 19: portcullis.kms.v1.JWTService.GetJWTBundle:input_type -> portcullis.kms.v1.GetJWTBundleRequest
+	16, // 20: portcullis.kms.v1.KMSAdminService.GetCAStatus:input_type -> portcullis.kms.v1.GetCAStatusRequest
+	17, // 21: portcullis.kms.v1.KMSAdminService.RotateCA:input_type -> portcullis.kms.v1.RotateCARequest
+	20, // 22: portcullis.kms.v1.KMSAdminService.ForceRotateIdentity:input_type -> portcullis.kms.v1.ForceRotateIdentityRequest
+	22, // 23: portcullis.kms.v1.KMSAdminService.RevokeIdentity:input_type -> portcullis.kms.v1.RevokeIdentityRequest
+	12, // 24: portcullis.kms.v1.KMSAdminService.GetJWTKeyStatus:input_type -> portcullis.kms.v1.GetJWTKeyStatusRequest
+	13, // 25: portcullis.kms.v1.KMSAdminService.RotateJWTKey:input_type -> portcullis.kms.v1.RotateJWTKeyRequest
+	6,  // 26: portcullis.kms.v1.KeyManagementService.SignCertificate:output_type -> portcullis.kms.v1.SignCertificateResponse
+	11, // 27: portcullis.kms.v1.KeyManagementService.GetTrustBundle:output_type -> portcullis.kms.v1.GetTrustBundleResponse
+	8,  // 28: portcullis.kms.v1.KeyManagementService.GetRevocations:output_type -> portcullis.kms.v1.GetRevocationsResponse
+	2,  // 29: portcullis.kms.v1.JWTService.SignJWTSVID:output_type -> portcullis.kms.v1.SignJWTSVIDResponse
+	4,  // 30: portcullis.kms.v1.JWTService.GetJWTBundle:output_type -> portcullis.kms.v1.GetJWTBundleResponse
+	19, // 31: portcullis.kms.v1.KMSAdminService.GetCAStatus:output_type -> portcullis.kms.v1.CAStatus
+	19, // 32: portcullis.kms.v1.KMSAdminService.RotateCA:output_type -> portcullis.kms.v1.CAStatus
+	21, // 33: portcullis.kms.v1.KMSAdminService.ForceRotateIdentity:output_type -> portcullis.kms.v1.ForceRotateIdentityResponse
+	23, // 34: portcullis.kms.v1.KMSAdminService.RevokeIdentity:output_type -> portcullis.kms.v1.RevokeIdentityResponse
+	15, // 35: portcullis.kms.v1.KMSAdminService.GetJWTKeyStatus:output_type -> portcullis.kms.v1.JWTKeyStatus
+	15, // 36: portcullis.kms.v1.KMSAdminService.RotateJWTKey:output_type -> portcullis.kms.v1.JWTKeyStatus
+	26, // [26:37] is the sub-list for method output_type
+	15, // [15:26] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_portcullis_kms_v1_kms_proto_init() }
@@ -1033,9 +1524,9 @@ func file_portcullis_kms_v1_kms_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_portcullis_kms_v1_kms_proto_rawDesc), len(file_portcullis_kms_v1_kms_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   23,
 			NumExtensions: 0,
-			NumServices:   2,
+			NumServices:   3,
 		},
 		GoTypes:           file_portcullis_kms_v1_kms_proto_goTypes,
 		DependencyIndexes: file_portcullis_kms_v1_kms_proto_depIdxs,

@@ -217,10 +217,168 @@ var KeyManagementService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
+	JWTService_SignJWTSVID_FullMethodName  = "/portcullis.kms.v1.JWTService/SignJWTSVID"
+	JWTService_GetJWTBundle_FullMethodName = "/portcullis.kms.v1.JWTService/GetJWTBundle"
+)
+
+// JWTServiceClient is the client API for JWTService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// JWTService signs JWT-SVIDs with kms-adapter's JWT signing keys (ES256 by default), which it
+// rotates on a schedule like the CA's. Only citadel may call it; citadel has already authorized
+// the identity.
+type JWTServiceClient interface {
+	// SignJWTSVID signs a JWT-SVID for spiffe_id with the active key. The backend clamps the TTL
+	// to its maximum. INVALID_ARGUMENT for no audience or a bad SPIFFE ID.
+	SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*SignJWTSVIDResponse, error)
+	// GetJWTBundle returns the public keys JWT-SVIDs are verified with: the active key, a prepared
+	// one (published before it signs) and retired ones still inside their tokens' lifetime.
+	GetJWTBundle(ctx context.Context, in *GetJWTBundleRequest, opts ...grpc.CallOption) (*GetJWTBundleResponse, error)
+}
+
+type jWTServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewJWTServiceClient(cc grpc.ClientConnInterface) JWTServiceClient {
+	return &jWTServiceClient{cc}
+}
+
+func (c *jWTServiceClient) SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*SignJWTSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SignJWTSVIDResponse)
+	err := c.cc.Invoke(ctx, JWTService_SignJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *jWTServiceClient) GetJWTBundle(ctx context.Context, in *GetJWTBundleRequest, opts ...grpc.CallOption) (*GetJWTBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetJWTBundleResponse)
+	err := c.cc.Invoke(ctx, JWTService_GetJWTBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// JWTServiceServer is the server API for JWTService service.
+// All implementations must embed UnimplementedJWTServiceServer
+// for forward compatibility.
+//
+// JWTService signs JWT-SVIDs with kms-adapter's JWT signing keys (ES256 by default), which it
+// rotates on a schedule like the CA's. Only citadel may call it; citadel has already authorized
+// the identity.
+type JWTServiceServer interface {
+	// SignJWTSVID signs a JWT-SVID for spiffe_id with the active key. The backend clamps the TTL
+	// to its maximum. INVALID_ARGUMENT for no audience or a bad SPIFFE ID.
+	SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error)
+	// GetJWTBundle returns the public keys JWT-SVIDs are verified with: the active key, a prepared
+	// one (published before it signs) and retired ones still inside their tokens' lifetime.
+	GetJWTBundle(context.Context, *GetJWTBundleRequest) (*GetJWTBundleResponse, error)
+	mustEmbedUnimplementedJWTServiceServer()
+}
+
+// UnimplementedJWTServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedJWTServiceServer struct{}
+
+func (UnimplementedJWTServiceServer) SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SignJWTSVID not implemented")
+}
+func (UnimplementedJWTServiceServer) GetJWTBundle(context.Context, *GetJWTBundleRequest) (*GetJWTBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetJWTBundle not implemented")
+}
+func (UnimplementedJWTServiceServer) mustEmbedUnimplementedJWTServiceServer() {}
+func (UnimplementedJWTServiceServer) testEmbeddedByValue()                    {}
+
+// UnsafeJWTServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to JWTServiceServer will
+// result in compilation errors.
+type UnsafeJWTServiceServer interface {
+	mustEmbedUnimplementedJWTServiceServer()
+}
+
+func RegisterJWTServiceServer(s grpc.ServiceRegistrar, srv JWTServiceServer) {
+	// If the following call panics, it indicates UnimplementedJWTServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&JWTService_ServiceDesc, srv)
+}
+
+func _JWTService_SignJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SignJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JWTServiceServer).SignJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JWTService_SignJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JWTServiceServer).SignJWTSVID(ctx, req.(*SignJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _JWTService_GetJWTBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetJWTBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JWTServiceServer).GetJWTBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: JWTService_GetJWTBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JWTServiceServer).GetJWTBundle(ctx, req.(*GetJWTBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// JWTService_ServiceDesc is the grpc.ServiceDesc for JWTService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var JWTService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "portcullis.kms.v1.JWTService",
+	HandlerType: (*JWTServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "SignJWTSVID",
+			Handler:    _JWTService_SignJWTSVID_Handler,
+		},
+		{
+			MethodName: "GetJWTBundle",
+			Handler:    _JWTService_GetJWTBundle_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "portcullis/kms/v1/kms.proto",
+}
+
+const (
 	KMSAdminService_GetCAStatus_FullMethodName         = "/portcullis.kms.v1.KMSAdminService/GetCAStatus"
 	KMSAdminService_RotateCA_FullMethodName            = "/portcullis.kms.v1.KMSAdminService/RotateCA"
 	KMSAdminService_ForceRotateIdentity_FullMethodName = "/portcullis.kms.v1.KMSAdminService/ForceRotateIdentity"
 	KMSAdminService_RevokeIdentity_FullMethodName      = "/portcullis.kms.v1.KMSAdminService/RevokeIdentity"
+	KMSAdminService_GetJWTKeyStatus_FullMethodName     = "/portcullis.kms.v1.KMSAdminService/GetJWTKeyStatus"
+	KMSAdminService_RotateJWTKey_FullMethodName        = "/portcullis.kms.v1.KMSAdminService/RotateJWTKey"
 )
 
 // KMSAdminServiceClient is the client API for KMSAdminService service.
@@ -242,6 +400,12 @@ type KMSAdminServiceClient interface {
 	// it durably before it answers, citadel stops serving them from its cache and refuses renewal
 	// proofs made with them, and agents replace them at once.
 	RevokeIdentity(ctx context.Context, in *RevokeIdentityRequest, opts ...grpc.CallOption) (*RevokeIdentityResponse, error)
+	// GetJWTKeyStatus describes the JWT signing keys.
+	GetJWTKeyStatus(ctx context.Context, in *GetJWTKeyStatusRequest, opts ...grpc.CallOption) (*JWTKeyStatus, error)
+	// RotateJWTKey takes one step of a JWT key rotation now: PREPARE makes a key and publishes it
+	// in the bundle, ACTIVATE signs with it, RETIRE drops the previous keys (FAILED_PRECONDITION
+	// while tokens they signed may still be valid, unless force).
+	RotateJWTKey(ctx context.Context, in *RotateJWTKeyRequest, opts ...grpc.CallOption) (*JWTKeyStatus, error)
 }
 
 type kMSAdminServiceClient struct {
@@ -292,6 +456,26 @@ func (c *kMSAdminServiceClient) RevokeIdentity(ctx context.Context, in *RevokeId
 	return out, nil
 }
 
+func (c *kMSAdminServiceClient) GetJWTKeyStatus(ctx context.Context, in *GetJWTKeyStatusRequest, opts ...grpc.CallOption) (*JWTKeyStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JWTKeyStatus)
+	err := c.cc.Invoke(ctx, KMSAdminService_GetJWTKeyStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kMSAdminServiceClient) RotateJWTKey(ctx context.Context, in *RotateJWTKeyRequest, opts ...grpc.CallOption) (*JWTKeyStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JWTKeyStatus)
+	err := c.cc.Invoke(ctx, KMSAdminService_RotateJWTKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KMSAdminServiceServer is the server API for KMSAdminService service.
 // All implementations must embed UnimplementedKMSAdminServiceServer
 // for forward compatibility.
@@ -311,6 +495,12 @@ type KMSAdminServiceServer interface {
 	// it durably before it answers, citadel stops serving them from its cache and refuses renewal
 	// proofs made with them, and agents replace them at once.
 	RevokeIdentity(context.Context, *RevokeIdentityRequest) (*RevokeIdentityResponse, error)
+	// GetJWTKeyStatus describes the JWT signing keys.
+	GetJWTKeyStatus(context.Context, *GetJWTKeyStatusRequest) (*JWTKeyStatus, error)
+	// RotateJWTKey takes one step of a JWT key rotation now: PREPARE makes a key and publishes it
+	// in the bundle, ACTIVATE signs with it, RETIRE drops the previous keys (FAILED_PRECONDITION
+	// while tokens they signed may still be valid, unless force).
+	RotateJWTKey(context.Context, *RotateJWTKeyRequest) (*JWTKeyStatus, error)
 	mustEmbedUnimplementedKMSAdminServiceServer()
 }
 
@@ -332,6 +522,12 @@ func (UnimplementedKMSAdminServiceServer) ForceRotateIdentity(context.Context, *
 }
 func (UnimplementedKMSAdminServiceServer) RevokeIdentity(context.Context, *RevokeIdentityRequest) (*RevokeIdentityResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokeIdentity not implemented")
+}
+func (UnimplementedKMSAdminServiceServer) GetJWTKeyStatus(context.Context, *GetJWTKeyStatusRequest) (*JWTKeyStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetJWTKeyStatus not implemented")
+}
+func (UnimplementedKMSAdminServiceServer) RotateJWTKey(context.Context, *RotateJWTKeyRequest) (*JWTKeyStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateJWTKey not implemented")
 }
 func (UnimplementedKMSAdminServiceServer) mustEmbedUnimplementedKMSAdminServiceServer() {}
 func (UnimplementedKMSAdminServiceServer) testEmbeddedByValue()                         {}
@@ -426,6 +622,42 @@ func _KMSAdminService_RevokeIdentity_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KMSAdminService_GetJWTKeyStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetJWTKeyStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KMSAdminServiceServer).GetJWTKeyStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KMSAdminService_GetJWTKeyStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KMSAdminServiceServer).GetJWTKeyStatus(ctx, req.(*GetJWTKeyStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KMSAdminService_RotateJWTKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateJWTKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KMSAdminServiceServer).RotateJWTKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KMSAdminService_RotateJWTKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KMSAdminServiceServer).RotateJWTKey(ctx, req.(*RotateJWTKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KMSAdminService_ServiceDesc is the grpc.ServiceDesc for KMSAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -448,6 +680,14 @@ var KMSAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokeIdentity",
 			Handler:    _KMSAdminService_RevokeIdentity_Handler,
+		},
+		{
+			MethodName: "GetJWTKeyStatus",
+			Handler:    _KMSAdminService_GetJWTKeyStatus_Handler,
+		},
+		{
+			MethodName: "RotateJWTKey",
+			Handler:    _KMSAdminService_RotateJWTKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
