@@ -7,6 +7,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	eventsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/events/v1"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/jwtkeys"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 )
 
@@ -82,5 +83,13 @@ func (a *announcer) bundle(b kms.Bundle) {
 	}
 	a.Publish(&eventsv1.Event{Kind: &eventsv1.Event_TrustBundleChanged{TrustBundleChanged: &eventsv1.TrustBundleChanged{
 		BundleVersion: b.Version, RootSha256: fps,
+	}}})
+}
+
+// jwtBundle is the JWT keys' observer: every step changes the JWT bundle (or which key signs) and
+// is announced so that citadel refetches the bundle and agents theirs.
+func (a *announcer) jwtBundle(ev jwtkeys.Event) {
+	a.Publish(&eventsv1.Event{Kind: &eventsv1.Event_JwtBundleChanged{JwtBundleChanged: &eventsv1.JWTBundleChanged{
+		BundleVersion: ev.BundleVersion,
 	}}})
 }

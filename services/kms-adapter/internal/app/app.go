@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/config"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/expiry"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/grpcapi"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/jwtkeys"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/kmsmetrics"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/local"
@@ -30,6 +32,9 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/logkey"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/revocation"
 )
+
+// JWTKeysDir is the JWT-SVID signing keys' directory in the state directory.
+const JWTKeysDir = "jwt"
 
 // readyTimeout bounds a readiness probe's look at the backend.
 const readyTimeout = 2 * time.Second
@@ -46,6 +51,7 @@ type App struct {
 	rotator  kms.Rotator     // nil when the backend's CA is not rotated here
 	expiry   *expiry.Tracker // nil when events are disabled
 	announce *announcer      // queues events until the publisher runs
+	jwtKeys  *jwtkeys.Manager
 }
 
 // New loads the service identity, opens the backend named by cfg.Backend and instruments it.
@@ -100,6 +106,20 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 		return nil, err
 	}
 	backend = revocation.Wrap(backend, revocations)
+	alg, err := jwtkeys.ParseAlgorithm(cfg.JWTAlgorithm)
+	if err != nil {
+		return nil, err
+	}
+	// Local to kms-adapter with every backend: see the package doc of jwtkeys.
+	jwtKeys, err := jwtkeys.Open(jwtkeys.Config{Dir: filepath.Join(cfg.StateDir, JWTKeysDir), TrustDomain: td, Algorithm: alg,
+		KeyTTL: cfg.JWTKeyTTL, MaxTokenTTL: cfg.JWTMaxTTL, Clock: clk, Logger: logger, Observer: ann.jwtBundle})
+	if err != nil {
+		return nil, err
+	}
+	jwtMetrics, err := kmsmetrics.NewJWT(registry, jwtKeys.ActiveKeyAge)
+	if err != nil {
+		return nil, err
+	}
 	instrumented, err := kmsmetrics.Wrap(ctx, kmsmetrics.Config{Backend: backend, Registerer: registry, Clock: clk})
 	if err != nil {
 		return nil, err
@@ -114,8 +134,9 @@ func New(ctx context.Context, cfg config.Config, logger *slog.Logger) (*App, err
 		rotator:  rotator,
 		expiry:   tracker,
 		announce: ann,
+		jwtKeys:  jwtKeys,
 		api: grpcapi.New(grpcapi.Config{Backend: instrumented, Logger: logger, Rotator: rotator,
-			Announce: apiAnnounce, Revocations: revocations}),
+			Announce: apiAnnounce, Revocations: revocations, JWTKeys: jwtKeys, JWTMetrics: jwtMetrics}),
 	}, nil
 }
 
@@ -136,6 +157,7 @@ func (a *App) Run(ctx context.Context) error {
 	if a.rotator != nil {
 		g.Go(func() error { return a.rotator.RunRotation(ctx) })
 	}
+	g.Go(func() error { return a.jwtKeys.Run(ctx) })
 	g.Go(func() error { return lifecycle.ServeGRPC(ctx, srv, lis) })
 	g.Go(func() error {
 		return lifecycle.Admin{Addr: a.cfg.AdminListen, Gatherer: a.registry, Ready: a.ready, Logger: a.logger}.Run(ctx)

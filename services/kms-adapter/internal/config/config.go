@@ -10,6 +10,7 @@ import (
 
 	"github.com/portcullis-mesh/portcullis/libs/events"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/jwtkeys"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 )
 
@@ -31,6 +32,11 @@ type Config struct {
 	NATSStoreDir  string
 	ExpiryWarning time.Duration
 	Vault         Vault // -backend vault
+
+	// JWT-SVID signing keys, kept in StateDir/jwt whatever the backend (see docs/rotation.md).
+	JWTAlgorithm string
+	JWTKeyTTL    time.Duration
+	JWTMaxTTL    time.Duration
 }
 
 // EventsEnabled reports whether rotation events are published.
@@ -52,6 +58,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATSStoreDir, "nats-store-dir", "./var/lib/portcullis/nats", "embedded NATS: JetStream file store")
 	fs.DurationVar(&c.ExpiryWarning, "expiry-warning", time.Hour, "announce an issued certificate this long before it expires (its holder should have renewed)")
 	c.Vault.RegisterFlags(fs)
+	fs.StringVar(&c.JWTAlgorithm, "jwt-algorithm", "ES256", "signature algorithm of new JWT-SVID signing keys: ES256, ES384 or RS256 (existing keys keep theirs until rotated out)")
+	fs.DurationVar(&c.JWTKeyTTL, "jwt-key-ttl", 24*time.Hour, "how long a JWT-SVID signing key signs: the next key is prepared (published) at half of it and activated at five sixths")
+	fs.DurationVar(&c.JWTMaxTTL, "jwt-max-ttl", time.Hour, "longest JWT-SVID lifetime signed (longer requests are clamped); a replaced key stays in the JWT bundle this long")
 }
 
 // Validate reports every problem at once, so that one run of the binary shows them all.
@@ -92,6 +101,14 @@ func (c *Config) Validate() error {
 	}
 	if !c.NATS.Enabled() && c.NATSEmbedded && (c.NATSListen == "" || c.NATSStoreDir == "") {
 		errs = append(errs, errors.New("the embedded NATS needs -nats-listen and -nats-store-dir"))
+	}
+	if _, err := jwtkeys.ParseAlgorithm(c.JWTAlgorithm); err != nil {
+		errs = append(errs, fmt.Errorf("-jwt-algorithm: %w", err))
+	}
+	// A key must sign for longer than the tokens it signs stay valid, or the bundle would
+	// hold ever more retiring keys.
+	if c.JWTMaxTTL <= 0 || c.JWTKeyTTL <= 2*c.JWTMaxTTL {
+		errs = append(errs, fmt.Errorf("-jwt-max-ttl (%s) must be positive and -jwt-key-ttl (%s) more than twice it", c.JWTMaxTTL, c.JWTKeyTTL))
 	}
 	if c.ExpiryWarning <= 0 {
 		errs = append(errs, fmt.Errorf("-expiry-warning (%s) must be positive", c.ExpiryWarning))

@@ -23,6 +23,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms/kmsmetrics"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/logkey"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/revocation"
 )
@@ -44,6 +45,10 @@ type Config struct {
 	Announce Announcer
 	// Revocations is the durable revocation state; required.
 	Revocations Revocations
+	// JWTKeys signs JWT-SVIDs; nil leaves JWTService and the JWT admin RPCs unimplemented.
+	JWTKeys JWTKeys
+	// JWTMetrics counts JWT-SVID signatures; nil counts nothing.
+	JWTMetrics *kmsmetrics.JWT
 }
 
 // Revocations is the durable revocation state (*revocation.Store).
@@ -60,12 +65,16 @@ type Server struct {
 	revocations Revocations
 	logger      *slog.Logger
 	admin       *adminServer
+	jwt         *jwtServer
 }
 
 // New builds the KMS API over cfg.Backend.
 func New(cfg Config) *Server {
 	s := &Server{backend: cfg.Backend, revocations: cfg.Revocations, logger: cfg.Logger}
 	s.admin = &adminServer{cfg: cfg, status: s.status}
+	if cfg.JWTKeys != nil {
+		s.jwt = &jwtServer{keys: cfg.JWTKeys, metrics: cfg.JWTMetrics, logger: cfg.Logger, status: s.status}
+	}
 	return s
 }
 
@@ -76,6 +85,9 @@ func (s *Server) GRPCServer(creds credentials.TransportCredentials, hs *health.S
 	srv := grpc.NewServer(opts...)
 	kmsv1.RegisterKeyManagementServiceServer(srv, s)
 	kmsv1.RegisterKMSAdminServiceServer(srv, s.admin)
+	if s.jwt != nil {
+		kmsv1.RegisterJWTServiceServer(srv, s.jwt)
+	}
 	hs.SetServingStatus(kmsv1.KeyManagementService_ServiceDesc.ServiceName, healthgrpc.HealthCheckResponse_SERVING)
 	healthgrpc.RegisterHealthServer(srv, hs)
 	return srv
@@ -86,7 +98,8 @@ var (
 	admins  = servicetls.AllowServices(servicetls.Admin)
 )
 
-// authorize admits citadel to the KMS API and the operator to the admin API, and no one to both.
+// authorize admits citadel to the KMS API and JWTService, the operator to the admin API, and no
+// one to both.
 func authorize(ctx context.Context, peer spiffeid.ID, method string) error {
 	if strings.HasPrefix(method, "/"+kmsv1.KMSAdminService_ServiceDesc.ServiceName+"/") {
 		return admins(ctx, peer, method)

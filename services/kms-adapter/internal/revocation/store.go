@@ -27,6 +27,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/utils/clock"
+
+	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/atomicfile"
 )
 
 // FileName is the state file in the state directory.
@@ -241,29 +243,4 @@ func (r fileEntry) entry() (Entry, error) {
 	return e, nil
 }
 
-// writeAtomic replaces path with data: a synced temporary file renamed into place, then the
-// directory synced, so a crash leaves either the old or the new state, never a torn one.
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	defer func() { _ = os.Remove(tmp.Name()) }() // a no-op once renamed
-	_, werr := tmp.Write(data)
-	if err := errors.Join(tmp.Chmod(fileMode), werr, tmp.Sync(), tmp.Close()); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", dir, err)
-	}
-	return nil
-}
+func writeAtomic(path string, data []byte) error { return atomicfile.Write(path, data, fileMode) }

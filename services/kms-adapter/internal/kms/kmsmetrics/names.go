@@ -8,6 +8,8 @@ const (
 	SignDurationSeconds                = "portcullis_kms_sign_duration_seconds"
 	RootExpiryTimestampSeconds         = "portcullis_kms_root_expiry_timestamp_seconds"
 	IntermediateExpiryTimestampSeconds = "portcullis_kms_intermediate_expiry_timestamp_seconds"
+	JWTSignTotal                       = "portcullis_kms_jwt_sign_total"
+	JWTActiveKeyAgeSeconds             = "portcullis_kms_jwt_active_key_age_seconds"
 
 	LabelResult = "result"
 
