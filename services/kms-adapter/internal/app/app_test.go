@@ -63,7 +63,8 @@ func setup(t *testing.T) (config.Config, servicetls.Files, spiffeid.ID) {
 	}
 	return config.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Backend: "local",
 		StateDir: filepath.Join(dir, "kms"), DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour,
-		RootTTL: 8760 * time.Hour, TLS: serverFiles}, citadelFiles, serverID
+		RootTTL: 8760 * time.Hour, TLS: serverFiles, JWTAlgorithm: "ES256", JWTKeyTTL: 24 * time.Hour, JWTMaxTTL: time.Hour},
+		citadelFiles, serverID
 }
 
 func TestServesUntilCancelled(t *testing.T) {

@@ -31,7 +31,8 @@ func TestDefaults(t *testing.T) {
 		StateDir: "./var/lib/portcullis/kms", DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour, RootTTL: 8760 * time.Hour,
 		TLS: c.TLS, NATSEmbedded: true, NATSListen: "127.0.0.1:4222", NATSStoreDir: "./var/lib/portcullis/nats", ExpiryWarning: time.Hour,
 		Vault: config.Vault{Mount: "pki", Mode: "leaf", IntermediateTTL: 720 * time.Hour, Auth: "token",
-			K8sJWTFile: "/var/run/secrets/kubernetes.io/serviceaccount/token"}}
+			K8sJWTFile: "/var/run/secrets/kubernetes.io/serviceaccount/token"},
+		JWTAlgorithm: "ES256", JWTKeyTTL: 24 * time.Hour, JWTMaxTTL: time.Hour}
 	if *c != want {
 		t.Errorf("defaults = %+v, want %+v", *c, want)
 	}
@@ -50,6 +51,8 @@ func TestValidate(t *testing.T) {
 		{[]string{"-expiry-warning", "0s"}, "-expiry-warning"},
 		{[]string{"-max-ttl", "5000h"}, "-root-ttl (8760h0m0s) must exceed twice -max-ttl"},
 		{[]string{"-state-dir", ""}, "-state-dir is required"},
+		{[]string{"-jwt-algorithm", "none"}, `-jwt-algorithm: jwt signing algorithm "none" not supported`},
+		{[]string{"-jwt-max-ttl", "13h"}, "-jwt-key-ttl (24h0m0s) more than twice it"},
 		{[]string{"-backend", ""}, "-backend is required"},
 		{[]string{"-backend", "vault", "-vault-role", "r"}, "-vault-addr is required"},
 		{[]string{"-backend", "vault", "-vault-addr", "http://v"}, "-vault-role is required in -vault-mode leaf"},
