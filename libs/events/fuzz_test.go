@@ -19,6 +19,7 @@ func FuzzDecode(f *testing.F) {
 		{Kind: &eventsv1.Event_IdentityRotation{IdentityRotation: &eventsv1.IdentityRotation{}}},
 		{Kind: &eventsv1.Event_IdentityRevocation{IdentityRevocation: &eventsv1.IdentityRevocation{}}},
 		{Kind: &eventsv1.Event_CertificateExpiring{CertificateExpiring: &eventsv1.CertificateExpiring{}}},
+		{Kind: &eventsv1.Event_JwtBundleChanged{JwtBundleChanged: &eventsv1.JWTBundleChanged{BundleVersion: 3}}},
 	} {
 		e.SchemaVersion, e.Sequence, e.Id, e.TrustDomain = events.SchemaVersion, 42, "cluster.local-42", "cluster.local"
 		e.Time = timestamppb.Now()

@@ -46,6 +46,14 @@ func (r records) Write(p []byte) (int, error) {
 
 func setup(t *testing.T) (config.Config, servicetls.Files, spiffeid.ID) {
 	t.Helper()
+	cfg, citadel, serverID, _, _ := setupCA(t)
+	return cfg, citadel, serverID
+}
+
+// setupCA is setup that also returns the control-plane CA and the directory of the files, to
+// issue more identities.
+func setupCA(t *testing.T) (config.Config, servicetls.Files, spiffeid.ID, *servicetls.BootstrapCA, string) {
+	t.Helper()
 	dir := t.TempDir()
 	ca, err := servicetls.NewBootstrapCA(td, time.Hour)
 	if err != nil {
@@ -64,7 +72,7 @@ func setup(t *testing.T) (config.Config, servicetls.Files, spiffeid.ID) {
 	return config.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Backend: "local",
 		StateDir: filepath.Join(dir, "kms"), DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour,
 		RootTTL: 8760 * time.Hour, TLS: serverFiles, JWTAlgorithm: "ES256", JWTKeyTTL: 24 * time.Hour, JWTMaxTTL: time.Hour},
-		citadelFiles, serverID
+		citadelFiles, serverID, ca, dir
 }
 
 func TestServesUntilCancelled(t *testing.T) {

@@ -48,10 +48,11 @@ type env struct {
 	serverID spiffeid.ID
 	citadel  servicetls.Files
 	agent    servicetls.Files
+	admin    servicetls.Files
 	revoked  *revocation.Store
 }
 
-func start(t *testing.T, backend kms.Backend) env {
+func start(t *testing.T, backend kms.Backend, opts ...func(*grpcapi.Config)) env {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := servicetls.NewBootstrapCA(td, time.Hour)
@@ -63,6 +64,7 @@ func start(t *testing.T, backend kms.Backend) env {
 		servicetls.KMSAdapter: func() (spiffeid.ID, error) { return servicetls.ServiceID(td, servicetls.KMSAdapter) },
 		servicetls.Citadel:    func() (spiffeid.ID, error) { return servicetls.ServiceID(td, servicetls.Citadel) },
 		servicetls.NodeAgent:  func() (spiffeid.ID, error) { return servicetls.NodeAgentID(td, "node-1") },
+		servicetls.Admin:      func() (spiffeid.ID, error) { return servicetls.ServiceID(td, servicetls.Admin) },
 	} {
 		if ids[name], err = mk(); err != nil {
 			t.Fatal(err)
@@ -84,8 +86,11 @@ func start(t *testing.T, backend kms.Backend) env {
 		t.Fatal(err)
 	}
 	hs := health.NewServer()
-	srv := grpcapi.New(grpcapi.Config{Backend: backend, Revocations: revoked, Logger: slog.New(slog.DiscardHandler)}).
-		GRPCServer(identity.ServerCredentials(), hs)
+	cfg := grpcapi.Config{Backend: backend, Revocations: revoked, Logger: slog.New(slog.DiscardHandler)}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv := grpcapi.New(cfg).GRPCServer(identity.ServerCredentials(), hs)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +104,7 @@ func start(t *testing.T, backend kms.Backend) env {
 		}
 	})
 	return env{addr: lis.Addr().String(), serverID: ids[servicetls.KMSAdapter],
-		citadel: issue(servicetls.Citadel), agent: issue(servicetls.NodeAgent), revoked: revoked}
+		citadel: issue(servicetls.Citadel), agent: issue(servicetls.NodeAgent), admin: issue(servicetls.Admin), revoked: revoked}
 }
 
 func (e env) dial(t *testing.T, creds credentials.TransportCredentials) *grpc.ClientConn {
@@ -114,11 +119,16 @@ func (e env) dial(t *testing.T, creds credentials.TransportCredentials) *grpc.Cl
 
 func (e env) client(t *testing.T, files servicetls.Files) kmsv1.KeyManagementServiceClient {
 	t.Helper()
+	return kmsv1.NewKeyManagementServiceClient(e.conn(t, files))
+}
+
+func (e env) conn(t *testing.T, files servicetls.Files) *grpc.ClientConn {
+	t.Helper()
 	id, err := servicetls.Load(files)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return kmsv1.NewKeyManagementServiceClient(e.dial(t, id.ClientCredentials(e.serverID)))
+	return e.dial(t, id.ClientCredentials(e.serverID))
 }
 
 // anonymous verifies the server but presents no client certificate.
