@@ -1,5 +1,5 @@
 // Package grpcapi is citadel's gRPC edge: Istio's IstioCertificateService (so an unmodified
-// istio-agent can use citadel), Portcullis' TrustBundleService and gRPC health. It is the only
+// istio-agent can use citadel), Portcullis' TrustBundleService and JWTSVIDService, and gRPC health. It is the only
 // place where domain errors become gRPC status codes.
 package grpcapi
 
@@ -42,7 +42,10 @@ type Bundles interface {
 type Config struct {
 	Issuer  Issuer
 	Bundles Bundles
-	Logger  *slog.Logger
+	// JWTIssuer and JWTBundles serve JWTSVIDService; JWTBundles nil answers UNIMPLEMENTED.
+	JWTIssuer  JWTIssuer
+	JWTBundles JWTBundles
+	Logger     *slog.Logger
 	// Metrics counts refusals made before a handler runs; nil counts nothing (they are logged).
 	Metrics *metrics.Metrics
 }
@@ -63,6 +66,8 @@ var (
 	nodeAgentMethods = []string{
 		authv1.IstioCertificateService_CreateCertificate_FullMethodName,
 		cav1.TrustBundleService_GetTrustBundle_FullMethodName,
+		cav1.JWTSVIDService_MintJWTSVID_FullMethodName,
+		cav1.JWTSVIDService_GetJWTBundle_FullMethodName,
 	}
 	healthMethods = []string{
 		healthpb.Health_Check_FullMethodName,
@@ -91,6 +96,9 @@ func NewGRPCServer(creds credentials.TransportCredentials, srv *Server, hs *heal
 	g := grpc.NewServer(opts...)
 	authv1.RegisterIstioCertificateServiceServer(g, srv)
 	cav1.RegisterTrustBundleServiceServer(g, srv)
+	if srv.cfg.JWTIssuer != nil {
+		cav1.RegisterJWTSVIDServiceServer(g, &jwtServer{cfg: srv.cfg})
+	}
 	healthpb.RegisterHealthServer(g, hs)
 	return g
 }
@@ -155,6 +163,9 @@ func bearerToken(ctx context.Context) (string, error) {
 
 // toStatus maps domain errors to status codes; the message is the error's own text.
 func toStatus(err error) *status.Status {
+	if code, ok := jwtCode(err); ok {
+		return status.New(code, err.Error())
+	}
 	code := codes.Internal
 	switch {
 	case errors.Is(err, issuer.ErrNotNodeAgent), errors.Is(err, issuer.ErrForbidden):

@@ -112,6 +112,13 @@ type Config struct {
 	// A zero rate means no limit.
 	NodeSignRate  float64
 	NodeSignBurst int
+	// JWTKMS signs JWT-SVIDs; nil disables MintJWTSVID (ErrJWTDisabled). JWTDefaultTTL is the
+	// lifetime of a token whose request asks for none, JWTMaxTTL the longest (longer requests
+	// are clamped). Mints are limited per node like signatures, in a bucket of their own so that
+	// JWTs never starve certificate renewals.
+	JWTKMS        JWTKMS
+	JWTDefaultTTL time.Duration
+	JWTMaxTTL     time.Duration
 	Clock         clock.Clock
 	Metrics       *metrics.Metrics
 	Logger        *slog.Logger
@@ -119,11 +126,12 @@ type Config struct {
 
 // Issuer runs the pipeline. It is safe for concurrent use.
 type Issuer struct {
-	cfg    Config
-	limits *nodeLimits
-	cache  *certcache.Cache
-	csrs   *expirycache.Cache[[sha256.Size]byte, *x509.CertificateRequest]
-	flight singleflight.Group
+	cfg       Config
+	limits    *nodeLimits
+	jwtLimits *nodeLimits
+	cache     *certcache.Cache
+	csrs      *expirycache.Cache[[sha256.Size]byte, *x509.CertificateRequest]
+	flight    singleflight.Group
 }
 
 // New builds an issuer.
@@ -138,6 +146,8 @@ func New(cfg Config) (*Issuer, error) {
 		return nil, fmt.Errorf("issuer: need 0 < default ttl (%s) <= max ttl (%s)", cfg.DefaultTTL, cfg.MaxTTL)
 	case cfg.CacheSize <= 0:
 		return nil, errors.New("issuer: cache size must be positive")
+	case cfg.JWTKMS != nil && (cfg.JWTDefaultTTL <= 0 || cfg.JWTMaxTTL < cfg.JWTDefaultTTL):
+		return nil, fmt.Errorf("issuer: need 0 < jwt default ttl (%s) <= jwt max ttl (%s)", cfg.JWTDefaultTTL, cfg.JWTMaxTTL)
 	}
 	if cfg.SyncWait == 0 {
 		cfg.SyncWait = 5 * time.Second
@@ -149,10 +159,11 @@ func New(cfg Config) (*Issuer, error) {
 		cfg.SignTimeout = 30 * time.Second
 	}
 	return &Issuer{
-		cfg:    cfg,
-		limits: newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
-		cache:  certcache.New(cfg.CacheSize, cfg.Clock),
-		csrs:   expirycache.NewWithBytes[[sha256.Size]byte](cfg.CacheSize, cfg.CSRCacheBytes, verifiedCSRSize),
+		cfg:       cfg,
+		limits:    newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
+		jwtLimits: newNodeLimits(cfg.NodeSignRate, cfg.NodeSignBurst),
+		cache:     certcache.New(cfg.CacheSize, cfg.Clock),
+		csrs:      expirycache.NewWithBytes[[sha256.Size]byte](cfg.CacheSize, cfg.CSRCacheBytes, verifiedCSRSize),
 	}, nil
 }
 
@@ -192,20 +203,7 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 		csr *x509.CertificateRequest
 		err error
 	)
-	switch {
-	case req.Token == "" && attestedpod.Present(req.Renewal):
-		if renewalproof.Present(req.Renewal) {
-			m.AuthenticationFailures.Inc()
-			return Result{}, fmt.Errorf("%w: a request carries an attested pod or a renewal proof, not both", ErrUnauthenticated)
-		}
-		if id, err = i.authorizeAttestedPod(ctx, node, req.Renewal); err != nil {
-			countRefusal(m, err)
-			return Result{}, err
-		}
-		if csr, err = i.parseCSR(req.CSR); err != nil {
-			return Result{}, err
-		}
-	case req.Token == "" && renewalproof.Present(req.Renewal):
+	if req.Token == "" && renewalproof.Present(req.Renewal) && !attestedpod.Present(req.Renewal) {
 		// The proof signs the CSR's bytes, so it is checked on them before the CSR is parsed or
 		// remembered: a caller that cannot prove anything costs no more than a PEM decode.
 		der, err := decodeCSR(req.CSR)
@@ -221,22 +219,12 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 			m.CSRParsingErrors.Inc()
 			return Result{}, err
 		}
-	default:
-		w, err := i.verifyToken(req.Token)
-		if err != nil {
-			m.AuthenticationFailures.Inc()
-			return Result{}, err
-		}
-		if err := i.checkPod(ctx, node, w); err != nil {
-			countRefusal(m, err)
+	} else {
+		if id, err = i.authorizeWorkload(ctx, node, req.Token, req.Renewal); err != nil {
 			return Result{}, err
 		}
 		if csr, err = i.parseCSR(req.CSR); err != nil {
 			return Result{}, err
-		}
-		if id, err = spiffeid.FromSegments(i.cfg.TrustDomain, "ns", w.Namespace, "sa", w.ServiceAccount); err != nil {
-			m.AuthorizationFailures.Inc()
-			return Result{}, fmt.Errorf("%w: %s has no valid spiffe id: %v", ErrForbidden, w, err)
 		}
 	}
 	ttl, err := i.ttl(req.TTL)
@@ -250,6 +238,51 @@ func (i *Issuer) Issue(ctx context.Context, req Request) (Result, error) {
 	}
 	m.SuccessCertIssuance.Inc()
 	return res, nil
+}
+
+// AuthorizeWorkload is the decision every credential citadel mints for a workload goes through
+// (certificates and JWT-SVIDs): caller must be a node agent; the workload is named by its token,
+// or without one by the agent's attested-pod statement in md; the pod must exist, with that UID
+// and service account, on the caller's node. It returns the workload's SPIFFE ID. Refusals are
+// counted. Renewal proofs are not accepted here: they prove possession of a certificate's key,
+// which only a certificate request (Issue) can show.
+func (i *Issuer) AuthorizeWorkload(ctx context.Context, caller spiffeid.ID, token string, md *structpb.Struct) (spiffeid.ID, error) {
+	node, ok := servicetls.NodeOf(caller)
+	if !ok {
+		i.cfg.Metrics.AuthorizationFailures.Inc()
+		return spiffeid.ID{}, fmt.Errorf("%w: %s", ErrNotNodeAgent, servicetls.Describe(caller))
+	}
+	return i.authorizeWorkload(ctx, node, token, md)
+}
+
+func (i *Issuer) authorizeWorkload(ctx context.Context, node, token string, md *structpb.Struct) (spiffeid.ID, error) {
+	m := i.cfg.Metrics
+	if token == "" && attestedpod.Present(md) {
+		if renewalproof.Present(md) {
+			m.AuthenticationFailures.Inc()
+			return spiffeid.ID{}, fmt.Errorf("%w: a request carries an attested pod or a renewal proof, not both", ErrUnauthenticated)
+		}
+		id, err := i.authorizeAttestedPod(ctx, node, md)
+		if err != nil {
+			countRefusal(m, err)
+		}
+		return id, err
+	}
+	w, err := i.verifyToken(token)
+	if err != nil {
+		m.AuthenticationFailures.Inc()
+		return spiffeid.ID{}, err
+	}
+	if err := i.checkPod(ctx, node, w); err != nil {
+		countRefusal(m, err)
+		return spiffeid.ID{}, err
+	}
+	id, err := spiffeid.FromSegments(i.cfg.TrustDomain, "ns", w.Namespace, "sa", w.ServiceAccount)
+	if err != nil {
+		m.AuthorizationFailures.Inc()
+		return spiffeid.ID{}, fmt.Errorf("%w: %s has no valid spiffe id: %v", ErrForbidden, w, err)
+	}
+	return id, nil
 }
 
 // parseCSR decodes and checks a PEM CSR, counting a bad one.

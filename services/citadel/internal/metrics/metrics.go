@@ -20,6 +20,18 @@ const (
 	KMSSignDuration        = "portcullis_citadel_kms_sign_duration_seconds"
 	AuthorizationFailures  = "portcullis_citadel_authorization_failure_count"
 	RefusedBeforeHandler   = "portcullis_citadel_refused_before_handler_total"
+	JWTMints               = "portcullis_citadel_jwt_mint_total"
+	KMSJWTSignDuration     = "portcullis_citadel_kms_jwt_sign_duration_seconds"
+	JWTBundleVersion       = "portcullis_citadel_jwt_bundle_version"
+)
+
+// Results of JWTMints.
+const (
+	ResultOK          = "ok"
+	ResultRefused     = "refused"      // not a node agent, workload not authenticated or not on the node
+	ResultInvalid     = "invalid"      // bad audiences or ttl
+	ResultRateLimited = "rate_limited" // the node's bucket is empty
+	ResultError       = "error"        // kms-adapter failed or is unreachable
 )
 
 // Reasons of RefusedBeforeHandler.
@@ -42,6 +54,9 @@ type Metrics struct {
 	CacheMisses            prometheus.Counter
 	KMSSignDuration        prometheus.Histogram
 	RefusedBeforeHandler   *prometheus.CounterVec
+	JWTMints               *prometheus.CounterVec
+	KMSJWTSignDuration     prometheus.Histogram
+	JWTBundleVersion       prometheus.Gauge
 }
 
 // New registers citadel's metrics on reg.
@@ -72,7 +87,20 @@ func New(reg prometheus.Registerer) *Metrics {
 		Name: RefusedBeforeHandler,
 		Help: "Connections and calls refused before any handler ran, by reason: a client certificate the TLS handshake refused, none, or an identity that may not call the method.",
 	}, []string{"reason"})
-	reg.MustRegister(m.RootCertExpiry, m.KMSSignDuration, m.RefusedBeforeHandler)
+	m.JWTMints = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: JWTMints, Help: "MintJWTSVID calls by result: ok, refused, invalid, rate_limited, error.",
+	}, []string{"result"})
+	for _, r := range []string{ResultOK, ResultRefused, ResultInvalid, ResultRateLimited, ResultError} {
+		m.JWTMints.WithLabelValues(r)
+	}
+	m.KMSJWTSignDuration = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: KMSJWTSignDuration, Help: "Latency of kms-adapter SignJWTSVID calls.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+	})
+	m.JWTBundleVersion = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: JWTBundleVersion, Help: "Version of the JWT bundle citadel holds (kms-adapter's).",
+	})
+	reg.MustRegister(m.RootCertExpiry, m.KMSSignDuration, m.RefusedBeforeHandler, m.JWTMints, m.KMSJWTSignDuration, m.JWTBundleVersion)
 	return m
 }
 

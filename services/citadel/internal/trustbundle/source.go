@@ -9,14 +9,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
 	"time"
 
-	"golang.org/x/sync/singleflight"
 	"google.golang.org/grpc"
 	"k8s.io/utils/clock"
 
 	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
+
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/heldcopy"
 )
 
 // ErrUnavailable means no bundle is held and kms-adapter could not provide one.
@@ -49,49 +49,32 @@ type Config struct {
 
 // Source holds the last good bundle. It is safe for concurrent use.
 type Source struct {
-	cfg    Config
-	flight singleflight.Group
-
-	mu      sync.RWMutex
-	current *Bundle
+	held *heldcopy.Source[*Bundle]
 }
 
 // New returns a source that holds nothing yet; Run or Get fetches.
 func New(cfg Config) *Source {
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 10 * time.Second
-	}
-	return &Source{cfg: cfg}
+	return &Source{held: heldcopy.New(heldcopy.Config[*Bundle]{
+		What: "trust bundle",
+		Fetch: func(ctx context.Context) (*Bundle, error) {
+			resp, err := cfg.KMS.GetTrustBundle(ctx, &kmsv1.GetTrustBundleRequest{})
+			if err != nil {
+				return nil, fmt.Errorf("fetching trust bundle from kms-adapter: %w", err)
+			}
+			return parse(resp)
+		},
+		Version:     func(b *Bundle) uint64 { return b.Version },
+		Unavailable: ErrUnavailable,
+		Refresh:     cfg.Refresh, Timeout: cfg.Timeout, Clock: cfg.Clock, Logger: cfg.Logger, OnUpdate: cfg.OnUpdate,
+	})}
 }
 
 // Run fetches at once, then every Refresh, until ctx ends. A failed refresh is logged and the last
 // good bundle stays in force; it never stops Run.
-func (s *Source) Run(ctx context.Context) error {
-	ticker := s.cfg.Clock.NewTicker(s.cfg.Refresh)
-	defer ticker.Stop()
-	for {
-		if _, err := s.refresh(ctx); err != nil && ctx.Err() == nil {
-			s.cfg.Logger.Warn("refreshing trust bundle failed; keeping the last good one", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-ticker.C():
-		}
-	}
-}
+func (s *Source) Run(ctx context.Context) error { return s.held.Run(ctx) }
 
 // Get returns the held bundle, fetching one first if none is held yet.
-func (s *Source) Get(ctx context.Context) (*Bundle, error) {
-	if b := s.Current(); b != nil {
-		return b, nil
-	}
-	b, err := s.refresh(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
-	}
-	return b, nil
-}
+func (s *Source) Get(ctx context.Context) (*Bundle, error) { return s.held.Get(ctx) }
 
 // Roots returns the held bundle's roots, parsed.
 func (s *Source) Roots(ctx context.Context) ([]*x509.Certificate, error) {
@@ -112,50 +95,12 @@ func (s *Source) Roots(ctx context.Context) ([]*x509.Certificate, error) {
 
 // Refresh fetches the bundle now (a rotation event says it changed). A failure keeps the last
 // good bundle and is returned.
-func (s *Source) Refresh(ctx context.Context) (*Bundle, error) { return s.refresh(ctx) }
+func (s *Source) Refresh(ctx context.Context) (*Bundle, error) { return s.held.Refresh(ctx) }
 
 // Current is the held bundle, or nil.
 func (s *Source) Current() *Bundle {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.current
-}
-
-// refresh fetches a bundle and holds it if it is well formed. Concurrent refreshes share one fetch.
-func (s *Source) refresh(ctx context.Context) (*Bundle, error) {
-	ch := s.flight.DoChan("bundle", func() (any, error) {
-		// Detached from the first caller's ctx so that its cancellation does not fail the others.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
-		defer cancel()
-		resp, err := s.cfg.KMS.GetTrustBundle(fctx, &kmsv1.GetTrustBundleRequest{})
-		if err != nil {
-			return nil, fmt.Errorf("fetching trust bundle from kms-adapter: %w", err)
-		}
-		b, err := parse(resp)
-		if err != nil {
-			return nil, err
-		}
-		s.mu.Lock()
-		if cur := s.current; cur != nil && b.Version < cur.Version {
-			// An answer older than what is held (a fetch that raced a rotation): keep the newer.
-			b = cur
-		}
-		s.current = b
-		s.mu.Unlock()
-		if s.cfg.OnUpdate != nil {
-			s.cfg.OnUpdate(b)
-		}
-		return b, nil
-	})
-	select {
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
-		}
-		return r.Val.(*Bundle), nil
-	}
+	b, _ := s.held.Current()
+	return b
 }
 
 func parse(resp *kmsv1.GetTrustBundleResponse) (*Bundle, error) {
