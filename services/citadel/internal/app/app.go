@@ -30,6 +30,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/config"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/grpcapi"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/issuer"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/jwtbundle"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/revocations"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/rotationevents"
@@ -44,6 +45,7 @@ type App struct {
 	pods    *mcpclient.Pods
 	mcpConn *grpc.ClientConn
 	bundles *trustbundle.Source
+	jwt     *jwtbundle.Source
 	revoked *revocations.Source
 	held    chan struct{} // closed once a trust bundle is held
 	grpc    *grpc.Server
@@ -88,6 +90,9 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 			heldOnce.Do(func() { close(a.held) })
 		},
 	})
+	a.jwt = jwtbundle.New(jwtbundle.Config{TrustDomain: id.TrustDomain(), KMS: kmsv1.NewJWTServiceClient(kmsConn),
+		Refresh: cfg.BundleRefresh, Clock: clk, Logger: logger,
+		OnUpdate: func(b *jwtbundle.Bundle) { m.JWTBundleVersion.Set(float64(b.Version)) }})
 	var iss *issuer.Issuer
 	a.revoked = revocations.New(revocations.Config{KMS: kms, Refresh: cfg.BundleRefresh, Clock: clk, Logger: logger,
 		OnRevoked: func(id spiffeid.ID) { iss.Forget(id) }})
@@ -97,6 +102,7 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 		Verifier:   workloadtoken.NewCachedVerifier(verifier, clk, verifiedTokenMaxAge, cfg.CacheSize),
 		DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL, CacheSize: cfg.CacheSize,
 		NodeSignRate: cfg.NodeSignRate, NodeSignBurst: cfg.NodeSignBurst,
+		JWTKMS: kmsv1.NewJWTServiceClient(kmsConn), JWTDefaultTTL: cfg.JWTDefaultTTL, JWTMaxTTL: cfg.JWTMaxTTL,
 		Clock: clk, Metrics: m, Logger: logger,
 	})
 	if err != nil {
@@ -105,7 +111,7 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	a.id, a.issuer = id, iss
 	a.health = health.NewServer()
 	a.setServing(healthpb.HealthCheckResponse_NOT_SERVING)
-	srv := grpcapi.New(grpcapi.Config{Issuer: iss, Bundles: a.bundles, Logger: logger, Metrics: m})
+	srv := grpcapi.New(grpcapi.Config{Issuer: iss, Bundles: a.bundles, JWTIssuer: iss, JWTBundles: a.jwt, Logger: logger, Metrics: m})
 	a.grpc = grpcapi.NewGRPCServer(grpcapi.ServerCredentials(id, m, logger), srv, a.health)
 	return a, nil
 }
@@ -145,6 +151,7 @@ func (a *App) Run(ctx context.Context) error {
 		})
 	})
 	g.Go(func() error { return a.bundles.Run(ctx) })
+	g.Go(func() error { return a.jwt.Run(ctx) })
 	g.Go(func() error { return a.revoked.Run(ctx) })
 	if a.cfg.NATS.Enabled() {
 		if err := a.followEvents(ctx, g); err != nil {
@@ -167,7 +174,7 @@ func (a *App) Run(ctx context.Context) error {
 
 // followEvents acts on kms-adapter's rotation events (see rotationevents).
 func (a *App) followEvents(ctx context.Context, g *errgroup.Group) error {
-	h := &rotationevents.Handler{Cache: a.issuer, Bundles: a.bundles, Revocations: a.revoked, Logger: a.logger}
+	h := &rotationevents.Handler{Cache: a.issuer, Bundles: a.bundles, JWTBundles: a.jwt, Revocations: a.revoked, Logger: a.logger}
 	run, err := events.Follow(events.FollowConfig{Conn: a.cfg.NATS, Identity: a.id, Name: "citadel", Logger: a.logger,
 		Registerer: a.reg, Handle: h.Handle})
 	if err != nil {
@@ -220,7 +227,8 @@ func (a *App) reportHealth(ctx context.Context) error {
 }
 
 func (a *App) setServing(st healthpb.HealthCheckResponse_ServingStatus) {
-	for _, svc := range []string{"", authv1.IstioCertificateService_ServiceDesc.ServiceName, cav1.TrustBundleService_ServiceDesc.ServiceName} {
+	for _, svc := range []string{"", authv1.IstioCertificateService_ServiceDesc.ServiceName, cav1.TrustBundleService_ServiceDesc.ServiceName,
+		cav1.JWTSVIDService_ServiceDesc.ServiceName} {
 		a.health.SetServingStatus(svc, st)
 	}
 }

@@ -27,6 +27,11 @@ const (
 	// after a CA activation) at once, and 50/s afterwards keeps one node from flooding the CA.
 	DefaultNodeSignRate  = 50
 	DefaultNodeSignBurst = 1000
+	// JWT-SVIDs live 5 minutes by default (SPIRE's default). The cap of 1 hour matches
+	// kms-adapter's -jwt-max-ttl: a bearer token cannot be revoked, so a leaked one must die soon,
+	// and a retired signing key stays published for that long.
+	DefaultJWTTTL    = 5 * time.Minute
+	DefaultJWTMaxTTL = time.Hour
 )
 
 // Config is citadel's configuration.
@@ -46,6 +51,8 @@ type Config struct {
 	NATS          events.ConnConfig
 	NodeSignRate  float64
 	NodeSignBurst int
+	JWTDefaultTTL time.Duration
+	JWTMaxTTL     time.Duration
 	Attest        Attest
 }
 
@@ -66,6 +73,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.NATS.RegisterFlags(fs)
 	fs.Float64Var(&c.NodeSignRate, "node-sign-rate", DefaultNodeSignRate, "signatures per second one node's agent may cause (cache hits are free); 0 disables the limit")
 	fs.IntVar(&c.NodeSignBurst, "node-sign-burst", DefaultNodeSignBurst, "signatures one node may cause at once before -node-sign-rate applies")
+	fs.DurationVar(&c.JWTDefaultTTL, "jwt-default-ttl", DefaultJWTTTL, "JWT-SVID lifetime when the request asks for none")
+	fs.DurationVar(&c.JWTMaxTTL, "jwt-max-ttl", DefaultJWTMaxTTL, "longest JWT-SVID lifetime; longer requests are clamped (kms-adapter clamps to its own -jwt-max-ttl too)")
 	c.Attest.RegisterFlags(fs)
 }
 
@@ -93,6 +102,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxTTL < c.DefaultTTL {
 		errs = append(errs, fmt.Errorf("-max-ttl (%s) must be at least -default-ttl (%s)", c.MaxTTL, c.DefaultTTL))
+	}
+	if c.JWTDefaultTTL <= 0 || c.JWTMaxTTL < c.JWTDefaultTTL {
+		errs = append(errs, fmt.Errorf("-jwt-default-ttl (%s) must be positive and at most -jwt-max-ttl (%s)", c.JWTDefaultTTL, c.JWTMaxTTL))
 	}
 	if c.CacheSize <= 0 {
 		errs = append(errs, fmt.Errorf("-cache-size must be positive, got %d", c.CacheSize))

@@ -1,5 +1,6 @@
 // Package kmstest is a stand-in kms-adapter for citadel's tests: a KeyManagementServiceServer that
-// signs with crypto/x509 under a throwaway root and counts its calls, served over real mTLS with
+// signs with crypto/x509 under a throwaway root and counts its calls, and a JWTService that signs
+// with go-jose, served over real mTLS with
 // the kms-adapter identity. The real kms-adapter (local CA and Vault backends) is exercised by the
 // e2e suite; citadel's tests only need a signer that behaves like its API.
 package kmstest
@@ -46,8 +47,12 @@ type Server struct {
 	// RevocationFetches counts GetRevocations calls.
 	RevocationFetches atomic.Int64
 
+	// JWT counts the JWTService calls.
+	JWT JWTCounters
+
 	mu          sync.Mutex
 	revocations *kmsv1.GetRevocationsResponse
+	jwt         jwtKeys
 }
 
 // New makes a server with a fresh root valid for ten years.
@@ -71,7 +76,9 @@ func New(t testing.TB, td spiffeid.TrustDomain, clk clock.PassiveClock) *Server 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{TrustDomain: td, Clock: clk, Root: root, key: key, revocations: &kmsv1.GetRevocationsResponse{}}
+	s := &Server{TrustDomain: td, Clock: clk, Root: root, key: key, revocations: &kmsv1.GetRevocationsResponse{}}
+	s.RotateJWTKey()
+	return s
 }
 
 // Serve serves s on 127.0.0.1:0 with id's mTLS credentials, admitting only citadel, until the test
@@ -82,6 +89,7 @@ func (s *Server) Serve(t testing.TB, id *servicetls.Identity) (string, *grpc.Ser
 		servicetls.Interceptors(servicetls.AllowServices(servicetls.Citadel))...)
 	srv := grpc.NewServer(opts...)
 	kmsv1.RegisterKeyManagementServiceServer(srv, s)
+	kmsv1.RegisterJWTServiceServer(srv, &jwtService{s: s})
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -1,6 +1,6 @@
 // Package rotationevents is how citadel acts on kms-adapter's rotation events: it drops cached
-// certificates that must not be handed out again and refetches the trust bundle or the
-// revocation state. Events are hints:
+// certificates that must not be handed out again and refetches the trust bundle, the JWT bundle
+// or the revocation state. Events are hints:
 // nothing in one is served; the worst a forged event can do is cost a refetch or a re-signing.
 package rotationevents
 
@@ -15,6 +15,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/events"
 
 	eventsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/events/v1"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/jwtbundle"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/trustbundle"
 )
 
@@ -34,12 +35,19 @@ type Bundles interface {
 	Refresh(ctx context.Context) (*trustbundle.Bundle, error)
 }
 
+// JWTBundles is the JWT bundle source (*jwtbundle.Source).
+type JWTBundles interface {
+	Refresh(ctx context.Context) (*jwtbundle.Bundle, error)
+}
+
 // Handler acts on events. Handle never blocks on the network.
 type Handler struct {
 	Cache       Cache
 	Bundles     Bundles
 	Revocations Revocations
-	Logger      *slog.Logger
+	// JWTBundles is refetched on JWTBundleChanged; nil ignores those events.
+	JWTBundles JWTBundles
+	Logger     *slog.Logger
 	// RetryDelay is the first pause before refetching a bundle older than the event announced
 	// (kms-adapter may answer before the change is visible to every reader); 0 means 200ms.
 	RetryDelay time.Duration
@@ -50,6 +58,16 @@ func (h *Handler) Handle(ctx context.Context, e *eventsv1.Event) {
 	switch k := e.GetKind().(type) {
 	case *eventsv1.Event_TrustBundleChanged:
 		go h.refresh(ctx, k.TrustBundleChanged.GetBundleVersion())
+	case *eventsv1.Event_JwtBundleChanged:
+		if h.JWTBundles != nil {
+			go h.refetch(ctx, "jwt bundle", k.JwtBundleChanged.GetBundleVersion(), func(ctx context.Context) (uint64, error) {
+				b, err := h.JWTBundles.Refresh(ctx)
+				if err != nil {
+					return 0, err
+				}
+				return b.Version, nil
+			})
+		}
 	case *eventsv1.Event_CaRotation:
 		if k.CaRotation.GetStep() == eventsv1.CARotation_STEP_ACTIVATED {
 			n := h.Cache.ForgetAll()
@@ -82,21 +100,26 @@ func (h *Handler) forget(raw, why string) {
 	h.Logger.Info(why+": dropped its cached certificates", "spiffe_id", id.String(), "dropped", n)
 }
 
-// refresh refetches the bundle until it is at least version want, a few times at most.
+// refresh refetches the trust bundle until it is at least version want, a few times at most.
 func (h *Handler) refresh(ctx context.Context, want uint64) {
-	delay := h.RetryDelay
-	if delay == 0 {
-		delay = 200 * time.Millisecond
-	}
-	err := events.UntilVersion(ctx, clock.RealClock{}, want, delay, func(ctx context.Context) (uint64, error) {
+	h.refetch(ctx, "trust bundle", want, func(ctx context.Context) (uint64, error) {
 		b, err := h.Bundles.Refresh(ctx)
 		if err != nil {
 			return 0, err
 		}
 		return b.Version, nil
 	})
+}
+
+// refetch fetches what until it is at least version want, a few times at most.
+func (h *Handler) refetch(ctx context.Context, what string, want uint64, fetch func(context.Context) (uint64, error)) {
+	delay := h.RetryDelay
+	if delay == 0 {
+		delay = 200 * time.Millisecond
+	}
+	err := events.UntilVersion(ctx, clock.RealClock{}, want, delay, fetch)
 	if err != nil && ctx.Err() == nil {
-		h.Logger.Warn("trust bundle did not reach the version an event announced; the periodic refresh continues",
+		h.Logger.Warn(what+" did not reach the version an event announced; the periodic refresh continues",
 			"want_version", want, "err", err)
 	}
 }
