@@ -34,6 +34,7 @@ import (
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
 
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/issuer"
+	"github.com/portcullis-mesh/portcullis/services/citadel/internal/jwtbundle"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/kmstest"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/revocations"
@@ -53,6 +54,9 @@ type harnessConfig struct {
 	unsynced bool // do not feed pods before serving
 	// revocationsUnloaded: serve before the revocation state is loaded from kms-adapter.
 	revocationsUnloaded bool
+	// nodeSignRate and nodeSignBurst limit each node's signatures and JWT mints (0: no limit).
+	nodeSignRate  float64
+	nodeSignBurst int
 }
 
 // harness is a citadel gRPC server on 127.0.0.1:0 with real mTLS, a test kms-adapter behind real
@@ -72,9 +76,11 @@ type harness struct {
 	revoked *revocations.Source
 	addr    string
 
-	hc        harnessConfig
-	citadelID *servicetls.Identity
-	kmsClient kmsv1.KeyManagementServiceClient
+	hc         harnessConfig
+	citadelID  *servicetls.Identity
+	kmsClient  kmsv1.KeyManagementServiceClient
+	kmsJWT     kmsv1.JWTServiceClient
+	jwtBundles *jwtbundle.Source
 }
 
 var cartPod = &mcpv1.Pod{
@@ -114,6 +120,7 @@ func newHarness(t testing.TB, hc harnessConfig) *harness {
 	}
 	t.Cleanup(func() { _ = kmsConn.Close() })
 	h.kmsClient = kmsv1.NewKeyManagementServiceClient(kmsConn)
+	h.kmsJWT = kmsv1.NewJWTServiceClient(kmsConn)
 	h.startCitadel()
 	return h
 }
@@ -138,6 +145,8 @@ func (h *harness) startCitadel() {
 	iss, err = issuer.New(issuer.Config{
 		TrustDomain: td, Pods: h.pods, Verifier: verifier, KMS: h.kmsClient, Revocations: h.revoked, Roots: bundles.Roots,
 		DefaultTTL: 24 * time.Hour, MaxTTL: h.hc.maxTTL, CacheSize: 1000, SyncWait: testSyncWait,
+		JWTKMS: h.kmsJWT, JWTDefaultTTL: 5 * time.Minute, JWTMaxTTL: time.Hour,
+		NodeSignRate: h.hc.nodeSignRate, NodeSignBurst: h.hc.nodeSignBurst,
 		Clock: h.clock, Metrics: h.metrics, Logger: logger,
 	})
 	if err != nil {
@@ -147,8 +156,9 @@ func (h *harness) startCitadel() {
 	if !h.hc.revocationsUnloaded {
 		h.refreshRevocations()
 	}
+	h.jwtBundles = jwtbundle.New(jwtbundle.Config{TrustDomain: td, KMS: h.kmsJWT, Refresh: time.Minute, Clock: h.clock, Logger: logger})
 	srv := NewGRPCServer(ServerCredentials(h.citadelID, h.metrics, logger),
-		New(Config{Issuer: iss, Bundles: bundles, Logger: logger, Metrics: h.metrics}), health.NewServer())
+		New(Config{Issuer: iss, Bundles: bundles, JWTIssuer: iss, JWTBundles: h.jwtBundles, Logger: logger, Metrics: h.metrics}), health.NewServer())
 	h.addr = serve(t, srv)
 }
 
