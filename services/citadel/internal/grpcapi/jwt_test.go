@@ -51,8 +51,6 @@ func bundleOf(t *testing.T, c cav1.JWTSVIDServiceClient) (*jwtbundle.Bundle, uin
 	return b, resp.GetVersion()
 }
 
-
-
 func TestWorkloadWithATokenGetsAJWTSVID(t *testing.T) {
 	h := newHarness(t, harnessConfig{})
 	c := h.jwtClient("node-a")
@@ -196,4 +194,3 @@ func TestJWTBundleIsRefetchedOnItsEvent(t *testing.T) {
 		t.Fatalf("a token of the new key: %v", err)
 	}
 }
-

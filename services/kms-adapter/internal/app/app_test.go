@@ -70,8 +70,8 @@ func setupCA(t *testing.T) (config.Config, servicetls.Files, spiffeid.ID, *servi
 		t.Fatal(err)
 	}
 	return config.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Backend: "local",
-		StateDir: filepath.Join(dir, "kms"), DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour,
-		RootTTL: 8760 * time.Hour, TLS: serverFiles, JWTAlgorithm: "ES256", JWTKeyTTL: 24 * time.Hour, JWTMaxTTL: time.Hour},
+			StateDir: filepath.Join(dir, "kms"), DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour,
+			RootTTL: 8760 * time.Hour, TLS: serverFiles, JWTAlgorithm: "ES256", JWTKeyTTL: 24 * time.Hour, JWTMaxTTL: time.Hour},
 		citadelFiles, serverID, ca, dir
 }
 
