@@ -90,6 +90,7 @@ func TestAppServesOnceReady(t *testing.T) {
 		Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", KMSAddr: kmsAddr, MCPAddr: mcpAddr,
 		TokenIssuer: "https://issuer.test", TokenAudience: "other,portcullis", TokenKeys: workloadtoken.KeySource{JWKSFile: jwksFile},
 		DefaultTTL: time.Hour, MaxTTL: 2 * time.Hour, CacheSize: 10, BundleRefresh: time.Minute,
+		JWTDefaultTTL: 5 * time.Minute, JWTMaxTTL: time.Hour,
 		TLS: issue("citadel", servicetls.Citadel),
 	}
 	if err := cfg.Validate(); err != nil {

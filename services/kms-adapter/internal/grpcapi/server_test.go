@@ -52,7 +52,7 @@ type env struct {
 	revoked  *revocation.Store
 }
 
-func start(t *testing.T, backend kms.Backend, opts ...func(*grpcapi.Config)) env {
+func start(t testing.TB, backend kms.Backend, opts ...func(*grpcapi.Config)) env {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := servicetls.NewBootstrapCA(td, time.Hour)
@@ -107,7 +107,7 @@ func start(t *testing.T, backend kms.Backend, opts ...func(*grpcapi.Config)) env
 		citadel: issue(servicetls.Citadel), agent: issue(servicetls.NodeAgent), admin: issue(servicetls.Admin), revoked: revoked}
 }
 
-func (e env) dial(t *testing.T, creds credentials.TransportCredentials) *grpc.ClientConn {
+func (e env) dial(t testing.TB, creds credentials.TransportCredentials) *grpc.ClientConn {
 	t.Helper()
 	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
@@ -117,12 +117,12 @@ func (e env) dial(t *testing.T, creds credentials.TransportCredentials) *grpc.Cl
 	return conn
 }
 
-func (e env) client(t *testing.T, files servicetls.Files) kmsv1.KeyManagementServiceClient {
+func (e env) client(t testing.TB, files servicetls.Files) kmsv1.KeyManagementServiceClient {
 	t.Helper()
 	return kmsv1.NewKeyManagementServiceClient(e.conn(t, files))
 }
 
-func (e env) conn(t *testing.T, files servicetls.Files) *grpc.ClientConn {
+func (e env) conn(t testing.TB, files servicetls.Files) *grpc.ClientConn {
 	t.Helper()
 	id, err := servicetls.Load(files)
 	if err != nil {
@@ -141,7 +141,7 @@ func (e env) anonymous(t *testing.T) *grpc.ClientConn {
 	return e.dial(t, credentials.NewTLS(tlsconfig.TLSClientConfig(bundle, tlsconfig.AuthorizeID(e.serverID))))
 }
 
-func localCA(t *testing.T) kms.Backend {
+func localCA(t testing.TB) kms.Backend {
 	t.Helper()
 	ca, err := local.New(local.Config{StateDir: t.TempDir(), TrustDomain: td, DefaultTTL: 24 * time.Hour,
 		MaxTTL: 2160 * time.Hour, RootTTL: 8760 * time.Hour, Clock: clock.RealClock{}})

@@ -27,6 +27,8 @@ var (
 	workload = spiffeid.RequireFromPath(td, "/ns/default/sa/web")
 )
 
+var discard = slog.New(slog.DiscardHandler)
+
 const (
 	keyTTL   = 24 * time.Hour
 	maxToken = time.Hour
@@ -46,7 +48,7 @@ func newFixture(t *testing.T) *fixture {
 func (f *fixture) open(t *testing.T, alg jose.SignatureAlgorithm) *jwtkeys.Manager {
 	t.Helper()
 	m, err := jwtkeys.Open(jwtkeys.Config{Dir: f.dir, TrustDomain: td, Algorithm: alg, KeyTTL: keyTTL, MaxTokenTTL: maxToken,
-		Clock: f.clock, Logger: slog.New(slog.DiscardHandler), Observer: func(e jwtkeys.Event) {
+		Clock: f.clock, Logger: discard, Observer: func(e jwtkeys.Event) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
 			f.events = append(f.events, e)
