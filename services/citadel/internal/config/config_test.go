@@ -32,7 +32,8 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.Listen != "127.0.0.1:15012" || c.AdminListen != "127.0.0.1:15014" || c.DefaultTTL != 24*time.Hour ||
-		c.MaxTTL != 2160*time.Hour || c.CacheSize != 100000 || c.BundleRefresh != 30*time.Second {
+		c.MaxTTL != 2160*time.Hour || c.CacheSize != 100000 || c.BundleRefresh != 30*time.Second ||
+		c.JWTDefaultTTL != 5*time.Minute || c.JWTMaxTTL != time.Hour {
 		t.Errorf("unexpected defaults: %+v", c)
 	}
 	if got := c.Audiences(); !slices.Equal(got, []string{"portcullis"}) {
@@ -48,13 +49,13 @@ func TestAudienceList(t *testing.T) {
 }
 
 func TestValidateReportsEveryProblem(t *testing.T) {
-	c := parse(t, "-max-ttl", "1h", "-cache-size", "0", "-token-audience", ",")
+	c := parse(t, "-max-ttl", "1h", "-cache-size", "0", "-token-audience", ",", "-jwt-default-ttl", "2h")
 	err := c.Validate()
 	if err == nil {
 		t.Fatal("empty config validated")
 	}
 	for _, want := range []string{"-kms-addr", "-mcp-addr", "-token-issuer", "-token-jwks-file", "-token-audience",
-		"-max-ttl", "-cache-size", "-tls-cert"} {
+		"-max-ttl", "-cache-size", "-tls-cert", "-jwt-default-ttl (2h0m0s) must be positive and at most -jwt-max-ttl (1h0m0s)"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error does not mention %s: %v", want, err)
 		}
