@@ -41,6 +41,7 @@ func (l listeners) Write(p []byte) (int, error) {
 // kmsAdapter is a running kms-adapter on Vault, reached as citadel.
 type kmsAdapter struct {
 	client kmsv1.KeyManagementServiceClient
+	jwt    kmsv1.JWTServiceClient
 	admin  string
 }
 
@@ -66,6 +67,7 @@ func startKMSAdapter(tb testing.TB, srv *vaulttest.Server, mode string) *kmsAdap
 	cfg := config.Config{Listen: "127.0.0.1:0", AdminListen: "127.0.0.1:0", Backend: "vault",
 		StateDir: filepath.Join(dir, "kms"), DefaultTTL: 24 * time.Hour, MaxTTL: 2160 * time.Hour,
 		RootTTL: 8760 * time.Hour, TLS: serverFiles, ExpiryWarning: time.Hour,
+		JWTAlgorithm: "ES256", JWTKeyTTL: 24 * time.Hour, JWTMaxTTL: time.Hour,
 		Vault: config.Vault{Addr: srv.Addr, Mount: pki.Mount, Role: pki.Role, Mode: mode, IntermediateTTL: 720 * time.Hour,
 			Auth: "token", TokenFile: vaulttest.WriteFile(tb, "token", srv.RootToken)}}
 	if err := cfg.Validate(); err != nil {
@@ -103,7 +105,7 @@ func startKMSAdapter(tb testing.TB, srv *vaulttest.Server, mode string) *kmsAdap
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { conn.Close() })
-	return &kmsAdapter{client: kmsv1.NewKeyManagementServiceClient(conn), admin: got["admin"]}
+	return &kmsAdapter{client: kmsv1.NewKeyManagementServiceClient(conn), jwt: kmsv1.NewJWTServiceClient(conn), admin: got["admin"]}
 }
 
 func (k *kmsAdapter) readyz(t *testing.T) int {
@@ -143,6 +145,10 @@ func TestReadyzFollowsVault(t *testing.T) {
 	})
 	if err := sign(); err == nil {
 		t.Error("signed while vault is sealed")
+	}
+	// JWT-SVID keys are kms-adapter's own (docs/rotation.md): a Vault outage does not stop them.
+	if _, err := k.jwt.SignJWTSVID(t.Context(), &kmsv1.SignJWTSVIDRequest{SpiffeId: id.String(), Audiences: []string{"orders"}}); err != nil {
+		t.Errorf("signing a jwt-svid while vault is sealed: %v", err)
 	}
 	srv.Unseal()
 	eventually(t, "/readyz after unseal", func() error {
