@@ -43,7 +43,7 @@ func (s *jwtServer) MintJWTSVID(ctx context.Context, req *cav1.MintJWTSVIDReques
 	if err != nil {
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
-	ttl, err := issuer.ValidityFromSeconds(req.GetTtlSeconds())
+	ttl, err := issuer.JWTTTLFromSeconds(req.GetTtlSeconds())
 	var res issuer.JWTResult
 	if err == nil {
 		res, err = s.cfg.JWTIssuer.MintJWTSVID(ctx, issuer.JWTRequest{

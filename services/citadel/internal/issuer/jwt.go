@@ -140,6 +140,16 @@ func checkAudiences(auds []string) error {
 	return nil
 }
 
+// JWTTTLFromSeconds turns a MintJWTSVID request's ttl_seconds (0 for the default) into a duration,
+// refusing what is negative or does not fit; anything longer than the maximum is clamped later.
+func JWTTTLFromSeconds(seconds int64) (time.Duration, error) {
+	if seconds < 0 || seconds > MaxValiditySeconds {
+		return 0, fmt.Errorf("%w: ttl_seconds %d is out of range: want 0 (the default) to %d seconds, and anything above the maximum is clamped to it",
+			ErrInvalidTTL, seconds, MaxValiditySeconds)
+	}
+	return time.Duration(seconds) * time.Second, nil
+}
+
 // jwtTTL applies the JWT default and ceiling to a requested lifetime.
 func (i *Issuer) jwtTTL(requested time.Duration) (time.Duration, error) {
 	switch {
