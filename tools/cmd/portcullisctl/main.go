@@ -1,9 +1,11 @@
-// Command portcullisctl is the operator's CLI for kms-adapter's admin API: CA rotation, forced
-// rotation and revocation of an identity. It authenticates with the admin certificate
+// Command portcullisctl is the operator's CLI for kms-adapter's admin API: CA and JWT signing key
+// rotation, forced rotation and revocation of an identity. It authenticates with the admin certificate
 // (spiffe://<td>/portcullis/admin).
 //
 //	portcullisctl [flags] status
 //	portcullisctl [flags] rotate-ca prepare|activate|retire [-force]
+//	portcullisctl [flags] jwt-status
+//	portcullisctl [flags] rotate-jwt prepare|activate|retire [-force]
 //	portcullisctl [flags] force-rotate [-reason R] spiffe://td/ns/N/sa/S
 //	portcullisctl [flags] revoke [-reason R] spiffe://td/ns/N/sa/S
 //	portcullisctl bootstrap -namespace NS [flags]   (in-cluster control-plane identities; see bootstrap.go)
@@ -50,7 +52,7 @@ func run(args []string, out io.Writer) error {
 		return err
 	}
 	if fs.NArg() == 0 {
-		return errors.New("want a command: status, rotate-ca, force-rotate or revoke")
+		return errors.New("want a command: status, rotate-ca, jwt-status, rotate-jwt, force-rotate or revoke")
 	}
 	client, conn, err := stack.DialAdmin(*addr, files)
 	if err != nil {
@@ -64,7 +66,7 @@ func run(args []string, out io.Writer) error {
 
 func command(ctx context.Context, c kmsv1.KMSAdminServiceClient, name string, args []string, out io.Writer) error {
 	sub := flag.NewFlagSet(name, flag.ContinueOnError)
-	force := sub.Bool("force", false, "rotate-ca retire: drop previous roots now, even if their leaves may still be in use")
+	force := sub.Bool("force", false, "rotate-ca/rotate-jwt retire: drop previous roots (keys) now, even if their leaves (tokens) may still be in use")
 	reason := sub.String("reason", "", "why (recorded in kms-adapter's log and the event)")
 	switch name {
 	case "status":
@@ -77,24 +79,34 @@ func command(ctx context.Context, c kmsv1.KMSAdminServiceClient, name string, ar
 		}
 		printStatus(out, st)
 	case "rotate-ca":
-		steps := map[string]kmsv1.RotationStep{"prepare": kmsv1.RotationStep_ROTATION_STEP_PREPARE,
-			"activate": kmsv1.RotationStep_ROTATION_STEP_ACTIVATE, "retire": kmsv1.RotationStep_ROTATION_STEP_RETIRE}
-		pos, err := parseArgs(sub, args, 1, "force")
+		step, err := rotationStep(sub, name, args)
 		if err != nil {
 			return err
-		}
-		step, ok := kmsv1.RotationStep(0), len(pos) == 1
-		if ok {
-			step, ok = steps[pos[0]]
-		}
-		if !ok {
-			return fmt.Errorf("rotate-ca: want prepare, activate or retire, got %q", strings.Join(pos, " "))
 		}
 		st, err := c.RotateCA(ctx, &kmsv1.RotateCARequest{Step: step, Force: *force})
 		if err != nil {
 			return err
 		}
 		printStatus(out, st)
+	case "jwt-status":
+		if _, err := parseArgs(sub, args, 0); err != nil {
+			return err
+		}
+		st, err := c.GetJWTKeyStatus(ctx, &kmsv1.GetJWTKeyStatusRequest{})
+		if err != nil {
+			return err
+		}
+		printJWTStatus(out, st)
+	case "rotate-jwt":
+		step, err := rotationStep(sub, name, args)
+		if err != nil {
+			return err
+		}
+		st, err := c.RotateJWTKey(ctx, &kmsv1.RotateJWTKeyRequest{Step: step, Force: *force})
+		if err != nil {
+			return err
+		}
+		printJWTStatus(out, st)
 	case "force-rotate":
 		pos, err := parseArgs(sub, args, 1, "reason")
 		if err != nil {
@@ -123,9 +135,41 @@ func command(ctx context.Context, c kmsv1.KMSAdminServiceClient, name string, ar
 		fmt.Fprintf(out, "certificates of %s issued before %s revoked (event %d)\n", pos[0],
 			time.Unix(r.GetRevokedBeforeUnix(), 0).UTC().Format(time.RFC3339), r.GetEventSequence())
 	default:
-		return fmt.Errorf("unknown command %q: want status, rotate-ca, force-rotate or revoke", name)
+		return fmt.Errorf("unknown command %q: want status, rotate-ca, jwt-status, rotate-jwt, force-rotate or revoke", name)
 	}
 	return nil
+}
+
+// rotationStep reads the one argument of rotate-ca and rotate-jwt (and their -force).
+func rotationStep(sub *flag.FlagSet, name string, args []string) (kmsv1.RotationStep, error) {
+	steps := map[string]kmsv1.RotationStep{"prepare": kmsv1.RotationStep_ROTATION_STEP_PREPARE,
+		"activate": kmsv1.RotationStep_ROTATION_STEP_ACTIVATE, "retire": kmsv1.RotationStep_ROTATION_STEP_RETIRE}
+	pos, err := parseArgs(sub, args, 1, "force")
+	if err != nil {
+		return 0, err
+	}
+	step, ok := kmsv1.RotationStep(0), len(pos) == 1
+	if ok {
+		step, ok = steps[pos[0]]
+	}
+	if !ok {
+		return 0, fmt.Errorf("%s: want prepare, activate or retire, got %q", name, strings.Join(pos, " "))
+	}
+	return step, nil
+}
+
+func printJWTStatus(out io.Writer, st *kmsv1.JWTKeyStatus) {
+	fmt.Fprintf(out, "jwt bundle version  %d\n", st.GetBundleVersion())
+	for _, k := range st.GetKeys() {
+		line := fmt.Sprintf("%-9s key  %s (created %s)", k.GetState(), k.GetKeyId(), k.GetCreatedAt().AsTime().UTC().Format(time.RFC3339))
+		if k.GetUsableUntil() != nil {
+			line += ", published until " + k.GetUsableUntil().AsTime().UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintln(out, line)
+	}
+	if st.GetNextStepAt() != nil {
+		fmt.Fprintf(out, "next step at        %s\n", st.GetNextStepAt().AsTime().UTC().Format(time.RFC3339))
+	}
 }
 
 func printStatus(out io.Writer, st *kmsv1.CAStatus) {

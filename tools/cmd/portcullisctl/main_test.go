@@ -39,6 +39,16 @@ func (a *admin) GetCAStatus(_ context.Context, r *kmsv1.GetCAStatusRequest) (*km
 	return &kmsv1.CAStatus{}, nil
 }
 
+func (a *admin) RotateJWTKey(_ context.Context, r *kmsv1.RotateJWTKeyRequest) (*kmsv1.JWTKeyStatus, error) {
+	a.record(r)
+	return &kmsv1.JWTKeyStatus{}, nil
+}
+
+func (a *admin) GetJWTKeyStatus(_ context.Context, r *kmsv1.GetJWTKeyStatusRequest) (*kmsv1.JWTKeyStatus, error) {
+	a.record(r)
+	return &kmsv1.JWTKeyStatus{}, nil
+}
+
 func (a *admin) RevokeIdentity(_ context.Context, r *kmsv1.RevokeIdentityRequest) (*kmsv1.RevokeIdentityResponse, error) {
 	a.record(r)
 	return &kmsv1.RevokeIdentityResponse{}, nil
@@ -103,6 +113,10 @@ func TestSubcommandFlagsAfterArguments(t *testing.T) {
 		{[]string{"revoke", id, "-reason", "key leaked"}, &kmsv1.RevokeIdentityRequest{SpiffeId: id, Reason: "key leaked"}, ""},
 		{[]string{"force-rotate", "-reason", "drill", id}, &kmsv1.ForceRotateIdentityRequest{SpiffeId: id, Reason: "drill"}, ""},
 		{[]string{"status"}, &kmsv1.GetCAStatusRequest{}, ""},
+		{[]string{"rotate-jwt", "retire", "-force"}, &kmsv1.RotateJWTKeyRequest{Step: retire, Force: true}, ""},
+		{[]string{"rotate-jwt", "prepare"}, &kmsv1.RotateJWTKeyRequest{Step: kmsv1.RotationStep_ROTATION_STEP_PREPARE}, ""},
+		{[]string{"jwt-status"}, &kmsv1.GetJWTKeyStatusRequest{}, ""},
+		{[]string{"rotate-jwt", "now"}, nil, `rotate-jwt: want prepare, activate or retire, got "now"`},
 		{[]string{"rotate-ca", "retire", "-force", "now"}, nil, `unexpected arguments ["now"]`},
 		{[]string{"rotate-ca", "retire", "--", "-force"}, nil, `unexpected arguments ["-force"]`},
 		{[]string{"rotate-ca", "--", "retire", "-force"}, nil, `unexpected arguments ["-force"]`},

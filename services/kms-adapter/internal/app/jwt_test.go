@@ -120,8 +120,10 @@ func TestJWTKeyRotationIsAnnouncedAndKeysSurviveARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := make(chan *eventsv1.JWTBundleChanged, 10)
+	followerLogs := &closableRecords{ch: make(records, 1000)}
+	t.Cleanup(followerLogs.close)
 	follow, err := events.Follow(events.FollowConfig{Conn: events.ConnConfig{URL: "tls://" + addrs["nats"]}, Identity: citadel,
-		Name: "citadel", Logger: slog.New(slog.DiscardHandler), Registerer: prometheus.NewRegistry(),
+		Name: "citadel", Logger: slog.New(slog.NewJSONHandler(followerLogs, nil)), Registerer: prometheus.NewRegistry(),
 		Handle: func(_ context.Context, e *eventsv1.Event) {
 			if j := e.GetJwtBundleChanged(); j != nil {
 				got <- j
@@ -138,6 +140,19 @@ func TestJWTKeyRotationIsAnnouncedAndKeysSurviveARestart(t *testing.T) {
 		<-followed
 	})
 	t.Cleanup(stopFollowing)
+	// The follower starts after the stream's end: wait until it follows, or the event may precede it.
+	for following := false; !following; {
+		select {
+		case rec := <-followerLogs.ch:
+			following = rec["msg"] == "following rotation events"
+		case <-time.After(30 * time.Second):
+			t.Fatal("the follower never followed the stream")
+		}
+	}
+	go func() {
+		for range followerLogs.ch {
+		}
+	}()
 
 	jwt := kmsv1.NewJWTServiceClient(dial(t, citadelFiles, addrs["grpc"]))
 	tok, err := jwt.SignJWTSVID(t.Context(), &kmsv1.SignJWTSVIDRequest{SpiffeId: "spiffe://cluster.local/ns/a/sa/b", Audiences: []string{"x"}})
