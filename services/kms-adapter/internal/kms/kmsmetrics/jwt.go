@@ -17,7 +17,7 @@ type JWT struct {
 // been signing.
 func NewJWT(reg prometheus.Registerer, activeKeyAge func() time.Duration) (*JWT, error) {
 	m := &JWT{Signatures: prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: JWTSignTotal, Help: "JWT-SVIDs signing requests, by result.",
+		Name: JWTSignTotal, Help: "JWT-SVID signing requests, by result: ok, invalid (a caller problem), error (an operator problem).",
 	}, []string{LabelResult})}
 	age := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: JWTActiveKeyAgeSeconds, Help: "How long the active JWT-SVID signing key has been signing.",
