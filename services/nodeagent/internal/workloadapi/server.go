@@ -68,7 +68,9 @@ type Server struct {
 func New(cfg Config) *Server { return &Server{cfg: cfg} }
 
 // Register serves s on srv.
-func (s *Server) Register(srv grpc.ServiceRegistrar) { workloadpb.RegisterSpiffeWorkloadAPIServer(srv, s) }
+func (s *Server) Register(srv grpc.ServiceRegistrar) {
+	workloadpb.RegisterSpiffeWorkloadAPIServer(srv, s)
+}
 
 // Errors of the API, with the spec's (and SPIRE's) codes and messages. Every failure reaches a
 // caller as one of these; the detail for operators goes to the log.
