@@ -35,7 +35,7 @@ type Handler struct {
 	Secrets Secrets
 	// JWTBundles, if set, is refetched on JWTBundleChanged.
 	JWTBundles JWTBundles
-	Logger  *slog.Logger
+	Logger     *slog.Logger
 	// BundleJitter spreads bundle refetches; RotateJitter spreads re-issues after a CA
 	// activation or a forced rotation.
 	BundleJitter time.Duration
