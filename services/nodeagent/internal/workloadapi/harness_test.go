@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -62,9 +63,9 @@ const (
 var (
 	trustDomain = spiffeid.RequireTrustDomainFromString("cluster.local")
 	// cart and web run on this node, each with a per-pod socket; ghost is in no view.
-	cart  = workloadtoken.Workload{Namespace: "shop", ServiceAccount: "cart", PodName: "cart-1", PodUID: "uid-cart-1"}
-	web   = workloadtoken.Workload{Namespace: "shop", ServiceAccount: "web", PodName: "web-1", PodUID: "uid-web-1"}
-	ghost = workloadtoken.Workload{Namespace: "shop", ServiceAccount: "cart", PodName: "cart-3", PodUID: "uid-cart-3"}
+	cart  = workloadtoken.Workload{Namespace: "shop", ServiceAccount: "cart", PodName: "cart-1", PodUID: "1b0b8f8e-0c6e-4c39-9d5e-0a1f2b3c4d01"}
+	web   = workloadtoken.Workload{Namespace: "shop", ServiceAccount: "web", PodName: "web-1", PodUID: "1b0b8f8e-0c6e-4c39-9d5e-0a1f2b3c4d02"}
+	ghost = workloadtoken.Workload{Namespace: "shop", ServiceAccount: "cart", PodName: "cart-3", PodUID: "1b0b8f8e-0c6e-4c39-9d5e-0a1f2b3c4d03"}
 
 	cartID = spiffeid.RequireFromSegments(trustDomain, "ns", "shop", "sa", "cart")
 	webID  = spiffeid.RequireFromSegments(trustDomain, "ns", "shop", "sa", "web")
@@ -501,3 +502,16 @@ func parseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
 func newHTTPServer(s *workloadapi.Server) *http.Server {
 	return &http.Server{Handler: s.HTTPHandler(), ConnContext: peercred.ConnContext(nil), ReadHeaderTimeout: 5 * time.Second}
 }
+
+// rawPodConn is a plain gRPC connection to w's own socket.
+func (h *harness) rawPodConn(tb testing.TB, w workloadtoken.Workload) *grpc.ClientConn {
+	tb.Helper()
+	conn, err := grpc.NewClient("unix://"+h.podSocket[w.PodUID], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

@@ -2,7 +2,10 @@ package workloadapi
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -100,6 +103,10 @@ func (s *Server) validate(token, audience string) (validated, error) {
 	case len(token) > MaxTokenBytes:
 		return validated{}, invalid(fmt.Sprintf("svid of %d bytes is too large (at most %d)", len(token), MaxTokenBytes))
 	}
+	if alg := unverifiedAlg(token); alg == "none" || alg == "" {
+		// go-spiffe refuses it too, but says only that the token does not parse.
+		return validated{}, invalid(fmt.Sprintf("unsigned token (alg %q) refused", alg))
+	}
 	svid, err := jwtsvid.ParseAndValidate(token, s.cfg.Bundles, []string{audience})
 	if err != nil {
 		return validated{}, invalid(err.Error())
@@ -119,4 +126,23 @@ func (s *Server) validate(token, audience string) (validated, error) {
 		return validated{}, invalid(fmt.Sprintf("claims cannot be represented: %v", err))
 	}
 	return validated{svid: svid, attributes: attrs, claims: st}, nil
+}
+
+// unverifiedAlg is the alg of a compact JWS's header, "" if it has none or does not parse.
+func unverifiedAlg(token string) string {
+	header, _, ok := strings.Cut(token, ".")
+	if !ok {
+		return ""
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(header)
+	if err != nil {
+		return ""
+	}
+	var h struct {
+		Alg string `json:"alg"`
+	}
+	if json.Unmarshal(raw, &h) != nil {
+		return ""
+	}
+	return strings.ToLower(h.Alg)
 }

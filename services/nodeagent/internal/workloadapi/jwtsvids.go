@@ -133,11 +133,12 @@ func (j *JWTSVIDs) Get(ctx context.Context, caller identity.Caller, audiences []
 // mintError passes on citadel's refusals with their code; anything else is Unavailable.
 func mintError(err error) error {
 	if errors.Is(err, secrets.ErrRejected) {
-		code := status.Code(err) // the status citadel sent, kept in the chain
-		if code == codes.Unknown || code == codes.OK {
-			code = codes.PermissionDenied
+		code, msg := codes.PermissionDenied, err.Error()
+		var st interface{ GRPCStatus() *status.Status }
+		if errors.As(err, &st) && st.GRPCStatus().Code() != codes.OK {
+			code, msg = st.GRPCStatus().Code(), st.GRPCStatus().Message() // what citadel said
 		}
-		return apiError{code, "citadel refused the JWT-SVID: " + err.Error()}
+		return apiError{code, "citadel refused the JWT-SVID: " + msg}
 	}
 	return fmt.Errorf("minting a JWT-SVID: %w", err)
 }
