@@ -95,7 +95,10 @@ const watchClientEnv = "WORKLOADAPI_BENCH_WATCH_SOCKET"
 // so that only the server's side is counted (the SDS figure of docs/benchmarks.md is the
 // agent's alone too): the agent's heap and goroutine stacks in use, after a GC, before and after.
 func BenchmarkMemoryPerX509Watch(b *testing.B) {
-	const streams = 2000
+	streams := 2000
+	if testing.Short() {
+		streams = 200
+	}
 	for b.Loop() {
 		h := newHarness(b, options{})
 		// Warm: the identity's certificate exists before the measure.
