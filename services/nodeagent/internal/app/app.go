@@ -196,7 +196,8 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		})
 	})
 	g.Go(func() error { return manager.Run(ctx) })
-	g.Go(func() error { return a.serveHTTP(ctx, wapi) })
+	httpSrv := a.httpServer(wapi)
+	g.Go(func() error { return a.serveHTTP(ctx, httpSrv) })
 	if a.cfg.NATS.Enabled() {
 		if err := a.followEvents(ctx, g, manager, wapi.bundles); err != nil {
 			return err
@@ -211,7 +212,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 			// answered from what the agent held, with no CSR and no call to the CA.
 			restore(ctx, manager, pods, a.cfg.NodeName, a.logger)
 		}
-		csiPlugin.serve(srv) // a caller on a pod's own socket is that pod: csiPlugin.peer
+		csiPlugin.serve(srv, httpSrv) // a caller on a pod's own socket is that pod: csiPlugin.peer
 		serving.Store(true)
 		return lifecycle.ServeGRPC(ctx, srv, lis)
 	})

@@ -67,26 +67,34 @@ func usesNamespaceLabels(cfg workloadapi.AttributesConfig) bool {
 	return false
 }
 
-// serveHTTP serves the HTTP API on -http-socket until ctx ends. Callers are identified as on the
-// gRPC socket: peercred.ConnContext resolves each connection's peer credentials into the
-// requests' contexts, where the same peer function finds them.
-func (a *App) serveHTTP(ctx context.Context, w *workloadAPI) error {
-	path := a.cfg.HTTPSocketPath()
-	if path == "" {
+// httpServer is the HTTP API's server, nil with -http-socket=-. Callers are identified as on the
+// gRPC sockets: peercred.ConnContext puts each connection (its local address, and its peer
+// credentials unless attestation is by token alone) in the requests' contexts, where the same
+// peer function finds them; a connection on a pod's HTTP socket is that pod.
+func (a *App) httpServer(w *workloadAPI) *http.Server {
+	if a.cfg.HTTPSocketPath() == "" {
 		return nil
-	}
-	lis, err := a.listenUnix(path, "workload-api-http")
-	if err != nil {
-		return err
 	}
 	var resolver *peercred.Resolver
 	if identity.Mode(a.cfg.WorkloadAttestation) != identity.ModeToken {
 		resolver = &peercred.Resolver{ProcRoot: a.cfg.ProcRoot, CgroupRoot: a.cfg.CgroupRoot}
 	}
-	srv := &http.Server{
+	return &http.Server{
 		Handler: w.server.HTTPHandler(), ConnContext: peercred.ConnContext(resolver),
 		ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second,
 		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10,
+	}
+}
+
+// serveHTTP serves srv on -http-socket until ctx ends, then stops it (and with it the pods' HTTP
+// sockets).
+func (a *App) serveHTTP(ctx context.Context, srv *http.Server) error {
+	if srv == nil {
+		return nil
+	}
+	lis, err := a.listenUnix(a.cfg.HTTPSocketPath(), "workload-api-http")
+	if err != nil {
+		return err
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
@@ -113,13 +121,8 @@ func (a *App) listenUnix(path, name string) (net.Listener, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("creating socket directory: %w", err)
 	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("removing stale socket: %w", err)
-		}
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
 	}
 	lis, err := net.Listen("unix", path)
 	if err != nil {
@@ -131,4 +134,20 @@ func (a *App) listenUnix(path, name string) (net.Listener, error) {
 	}
 	a.logger.Info(lifecycle.ListeningMsg, "listener", name, "addr", path)
 	return lis, nil
+}
+
+// removeStaleSocket removes a socket left at path by a previous run, but never any other kind of
+// file.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if err != nil {
+		return nil
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("removing stale socket: %w", err)
+	}
+	return nil
 }
