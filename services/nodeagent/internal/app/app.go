@@ -13,8 +13,8 @@ import (
 
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -141,6 +141,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		scfg.Store = store
 	}
 	manager := secrets.New(scfg)
+	peer := csiPlugin.peer(peerOf)
 	limits, err := sdslimits.New(sdslimits.Config{
 		FirstRequestTimeout: a.cfg.SDS.FirstRequestTimeout, MaxUnauthenticated: a.cfg.SDS.MaxUnauthenticated,
 		MaxStreamsPerConn: a.cfg.SDS.MaxStreamsPerConn, MaxStreamsPerCaller: a.cfg.SDS.MaxStreamsPerPod,
@@ -154,8 +155,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		Verifier: workloadtoken.NewCachedVerifier(a.verifier, nil, verifiedTokenMaxAge, verifiedTokenCacheSize),
 		Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td, Mode: identity.Mode(a.cfg.WorkloadAttestation), Logger: a.logger,
 	}
-	peer := csiPlugin.peer(peerOf)
-	wapi, err := a.newWorkloadAPI(ctx, g, td, auth, manager, citadel, mcpConn, peer)
+	wapi, err := a.newWorkloadAPI(ctx, g, td, auth, manager, citadel, mcpConn, peer, limits)
 	if err != nil {
 		return err
 	}

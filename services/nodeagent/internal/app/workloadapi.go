@@ -19,6 +19,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/mcpclient"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/citadelclient"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/peercred"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/workloadapi"
@@ -36,6 +37,7 @@ type workloadAPI struct {
 // labels, mcp-sync's namespace view.
 func (a *App) newWorkloadAPI(ctx context.Context, g *errgroup.Group, td spiffeid.TrustDomain, auth *identity.Authenticator,
 	manager *secrets.Manager, citadel *citadelclient.Client, mcpConn grpc.ClientConnInterface, peer func(context.Context) identity.Peer,
+	callers workloadapi.CallerLimiter,
 ) (*workloadAPI, error) {
 	namespaces := workloadapi.NewNamespaces()
 	attrs, err := workloadapi.NewAttributes(a.attributes, td, namespaces)
@@ -53,6 +55,7 @@ func (a *App) newWorkloadAPI(ctx context.Context, g *errgroup.Group, td spiffeid
 	g.Go(func() error { return bundles.Run(ctx) })
 	srv := workloadapi.New(workloadapi.Config{
 		Auth: auth, Secrets: manager, Bundles: bundles, Attributes: attrs, TrustDomain: td, Peer: peer, Logger: a.logger,
+		Observe: metrics.NewWorkloadAPI(a.reg), Callers: callers,
 		JWTs: workloadapi.NewJWTSVIDs(workloadapi.JWTSVIDsConfig{Minter: citadel, Clock: clock.RealClock{}, Logger: a.logger}),
 	})
 	return &workloadAPI{server: srv, bundles: bundles}, nil

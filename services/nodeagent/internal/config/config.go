@@ -150,7 +150,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SDS.FirstRequestTimeout, "sds-first-request-timeout", DefaultSDSFirstRequestTimeout, "an SDS stream that sends no request this long after opening is ended")
 	fs.IntVar(&c.SDS.MaxUnauthenticated, "sds-max-unauthenticated-streams", DefaultSDSMaxUnauthenticated, "most SDS streams, agent-wide, that have not sent their first request; more are refused")
 	fs.IntVar(&c.SDS.MaxStreamsPerConn, "sds-max-streams-per-conn", DefaultSDSMaxStreamsPerConn, "most concurrent streams on one connection to the SDS socket")
-	fs.IntVar(&c.SDS.MaxStreamsPerPod, "sds-max-streams-per-pod", DefaultSDSMaxStreamsPerCaller, "most open SDS streams of one authenticated pod")
+	fs.IntVar(&c.SDS.MaxStreamsPerPod, "sds-max-streams-per-pod", DefaultSDSMaxStreamsPerCaller, "most open streams of one authenticated pod: SDS streams and Workload API watches together")
 }
 
 // Validate reports every problem at once.

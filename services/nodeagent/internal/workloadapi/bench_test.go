@@ -119,7 +119,7 @@ func BenchmarkMemoryPerX509Watch(b *testing.B) {
 			b.Fatalf("watch client: %q %v", line, err)
 		}
 		after := inUse()
-		b.ReportMetric(float64(after-before)/streams/1024, "KiB/watch")
+		b.ReportMetric(float64(after-before)/float64(streams)/1024, "KiB/watch")
 		stdin.Close()
 		if err := cmd.Wait(); err != nil {
 			b.Fatal(err)

@@ -96,6 +96,8 @@ type harness struct {
 
 type options struct {
 	attributes *workloadapi.AttributesConfig // nil: the default
+	callers    workloadapi.CallerLimiter
+	observe    workloadapi.Observer
 }
 
 func newHarness(tb testing.TB, opt options) *harness {
@@ -179,6 +181,7 @@ func newHarness(tb testing.TB, opt options) *harness {
 		Auth: &identity.Authenticator{Mode: identity.ModeToken, Verifier: verifier, Pods: h.pods, NodeName: nodeName,
 			TrustDomain: trustDomain, Logger: logger},
 		Secrets: h.manager, Bundles: h.bundles, Attributes: attrs, TrustDomain: trustDomain, Peer: peerOf, Logger: logger,
+		Callers: opt.callers, Observe: opt.observe,
 		JWTs: workloadapi.NewJWTSVIDs(workloadapi.JWTSVIDsConfig{Minter: citadel, Clock: clk, Logger: logger}),
 	})
 	srv := grpc.NewServer()

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 )
@@ -70,14 +71,15 @@ func (s *Server) httpJWTSVID(w http.ResponseWriter, r *http.Request) {
 	}
 	caller, err := s.httpAuthenticate(r, "/v1/jwtsvid")
 	if err != nil {
-		s.httpError(w, err)
+		s.httpError(w, r, err)
 		return
 	}
 	svid, err := s.fetchJWT(r.Context(), caller, req.Audience, req.SPIFFEID)
 	if err != nil {
-		s.httpError(w, err)
+		s.httpError(w, r, err)
 		return
 	}
+	s.cfg.Observe.Called("/v1/jwtsvid", codes.OK)
 	writeJSON(w, http.StatusOK, jwtSVIDResponse{SPIFFEID: svid.SPIFFEID, Token: svid.Token, ExpiresAt: svid.ExpiresAt.UTC()})
 }
 
@@ -87,27 +89,28 @@ func (s *Server) httpValidate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if _, err := s.httpAuthenticate(r, "/v1/validate"); err != nil {
-		s.httpError(w, err)
+		s.httpError(w, r, err)
 		return
 	}
 	v, err := s.validate(req.Token, req.Audience)
 	if err != nil {
-		s.httpError(w, err)
+		s.httpError(w, r, err)
 		return
 	}
 	claims := v.claims.AsMap()
 	delete(claims, AttributesClaim) // a field of its own here
+	s.cfg.Observe.Called("/v1/validate", codes.OK)
 	writeJSON(w, http.StatusOK, validateResponse{SPIFFEID: v.svid.ID.String(), Claims: claims, Attributes: v.attributes})
 }
 
 // httpDecode checks the security header and reads a JSON body of at most maxHTTPBody into v.
 func (s *Server) httpDecode(w http.ResponseWriter, r *http.Request, path string, v any) bool {
 	if r.Header.Get(HTTPSecurityHeader) != "true" {
-		s.httpError(w, errNoHeader)
+		s.httpError(w, r, errNoHeader)
 		return false
 	}
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
-		s.httpError(w, invalid(fmt.Sprintf("content type %q is not application/json", ct)))
+		s.httpError(w, r, invalid(fmt.Sprintf("content type %q is not application/json", ct)))
 		return false
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxHTTPBody))
@@ -116,11 +119,11 @@ func (s *Server) httpDecode(w http.ResponseWriter, r *http.Request, path string,
 		var tooLarge *http.MaxBytesError
 		switch {
 		case errors.As(err, &tooLarge):
-			s.httpError(w, apiError{codes.InvalidArgument, fmt.Sprintf("request body larger than %d bytes", maxHTTPBody)})
+			s.httpError(w, r, apiError{codes.InvalidArgument, fmt.Sprintf("request body larger than %d bytes", maxHTTPBody)})
 		case errors.Is(err, io.EOF):
-			s.httpError(w, invalid("request body is empty; want a JSON object"))
+			s.httpError(w, r, invalid("request body is empty; want a JSON object"))
 		default:
-			s.httpError(w, invalid("request body is not the JSON object "+path+" takes: "+err.Error()))
+			s.httpError(w, r, invalid("request body is not the JSON object "+path+" takes: "+err.Error()))
 		}
 		return false
 	}
@@ -136,11 +139,10 @@ func (s *Server) httpAuthenticate(r *http.Request, path string) (identity.Caller
 	return s.identify(r.Context(), tok, path)
 }
 
-func (s *Server) httpError(w http.ResponseWriter, err error) {
-	var ae apiError
-	if !errors.As(err, &ae) {
-		ae = apiError{codes.Unavailable, err.Error()}
-	}
+func (s *Server) httpError(w http.ResponseWriter, r *http.Request, err error) {
+	st := status.Convert(grpcError(err))
+	ae := apiError{st.Code(), st.Message()}
+	s.cfg.Observe.Called(r.URL.Path, ae.code)
 	writeJSON(w, httpStatus(ae.code), httpErrorBody{Error: ae.msg, Code: ae.code.String()})
 }
 

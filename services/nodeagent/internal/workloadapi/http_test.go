@@ -103,4 +103,3 @@ func TestHTTPErrors(t *testing.T) {
 		})
 	}
 }
-

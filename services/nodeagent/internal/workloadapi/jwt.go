@@ -26,7 +26,8 @@ const MaxTokenBytes = 16 << 10
 const AttributesClaim = "attributes"
 
 // FetchJWTSVID returns a JWT-SVID of the caller's identity for the requested audiences.
-func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+func (s *Server) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (_ *workload.JWTSVIDResponse, err error) {
+	defer s.called("FetchJWTSVID", &err)
 	caller, err := s.authenticate(ctx, "FetchJWTSVID")
 	if err != nil {
 		return nil, grpcError(err)
@@ -53,11 +54,19 @@ func (s *Server) fetchJWT(ctx context.Context, caller identity.Caller, audiences
 }
 
 // FetchJWTBundles streams the JWT bundle, again whenever it changes.
-func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
+func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) (err error) {
+	const method = "FetchJWTBundles"
+	defer s.called(method, &err)
 	ctx := stream.Context()
-	if _, err := s.authenticate(ctx, "FetchJWTBundles"); err != nil {
+	caller, err := s.authenticate(ctx, method)
+	if err != nil {
 		return grpcError(err)
 	}
+	done, err := s.watch(method, caller)
+	if err != nil {
+		return grpcError(err)
+	}
+	defer done()
 	for {
 		jwks, changed, _, ok := s.cfg.Bundles.Current()
 		if ok {
@@ -75,7 +84,8 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 
 // ValidateJWTSVID checks a token against the JWT bundle and an audience, and returns its SPIFFE
 // ID and its claims, with the ID's attributes under AttributesClaim.
-func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+func (s *Server) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (_ *workload.ValidateJWTSVIDResponse, err error) {
+	defer s.called("ValidateJWTSVID", &err)
 	if _, err := s.authenticate(ctx, "ValidateJWTSVID"); err != nil {
 		return nil, grpcError(err)
 	}

@@ -47,6 +47,8 @@ type JWTSVIDs struct {
 	logger *slog.Logger
 	cache  *expirycache.Cache[string, citadelclient.JWTSVID]
 	flight singleflight.Group
+	// observe is the Server's Observer (set by New).
+	observe interface{ JWTSVIDCache(hit bool) }
 }
 
 // JWTSVIDsConfig configures NewJWTSVIDs.
@@ -97,7 +99,11 @@ func (j *JWTSVIDs) Get(ctx context.Context, caller identity.Caller, audiences []
 	}
 	// The token names the identity and the audiences only: every pod of the identity may share it.
 	key := caller.ID.String() + "\x00" + strings.Join(auds, "\x00")
-	if svid, ok := j.cache.Get(key, j.clock.Now()); ok {
+	svid, hit := j.cache.Get(key, j.clock.Now())
+	if j.observe != nil {
+		j.observe.JWTSVIDCache(hit)
+	}
+	if hit {
 		return svid, nil
 	}
 	cred := secrets.Credential{Pod: caller.Pod, Token: caller.Token}

@@ -42,6 +42,22 @@ type Secrets interface {
 	Unsubscribe(s *secrets.Subscription)
 }
 
+// Observer is told about calls; metrics implement it (metrics.WorkloadAPI). It must be safe for
+// concurrent use.
+type Observer interface {
+	Called(method string, code codes.Code)
+	WatchOpened(method string)
+	WatchClosed(method string)
+	JWTSVIDCache(hit bool)
+}
+
+// CallerLimiter bounds the streams one pod holds open (*sdslimits.Limiter, shared with SDS: a
+// pod's SDS streams and Workload API watches count against one budget). AdmitCaller returns a
+// gRPC status error when the caller is over its limit.
+type CallerLimiter interface {
+	AdmitCaller(caller string) (release func(), err error)
+}
+
 // Config configures a Server.
 type Config struct {
 	Auth    Authenticator
@@ -56,6 +72,10 @@ type Config struct {
 	// contexts (see HTTPConfig.ConnContext), so one function serves both.
 	Peer   func(ctx context.Context) identity.Peer
 	Logger *slog.Logger
+	// Observe is told about calls; nil observes nothing.
+	Observe Observer
+	// Callers limits the open streams of a pod; nil means no limit.
+	Callers CallerLimiter
 }
 
 // Server implements workloadpb.SpiffeWorkloadAPIServer.
@@ -65,7 +85,40 @@ type Server struct {
 }
 
 // New returns a Server; Register it on the agent's gRPC server.
-func New(cfg Config) *Server { return &Server{cfg: cfg} }
+func New(cfg Config) *Server {
+	if cfg.Observe == nil {
+		cfg.Observe = nopObserver{}
+	}
+	if cfg.JWTs != nil && cfg.JWTs.observe == nil {
+		cfg.JWTs.observe = cfg.Observe
+	}
+	return &Server{cfg: cfg}
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Called(string, codes.Code) {}
+func (nopObserver) WatchOpened(string)        {}
+func (nopObserver) WatchClosed(string)        {}
+func (nopObserver) JWTSVIDCache(bool)         {}
+
+// called reports a finished gRPC call whose result is *err (a status error or nil).
+func (s *Server) called(method string, err *error) { s.cfg.Observe.Called(method, status.Code(*err)) }
+
+// watch admits a stream of caller against the per-pod limit and counts it open; the returned
+// function ends both.
+func (s *Server) watch(method string, caller identity.Caller) (func(), error) {
+	release := func() {}
+	if s.cfg.Callers != nil {
+		r, err := s.cfg.Callers.AdmitCaller(caller.Workload.PodKey() + "/" + caller.Workload.PodUID)
+		if err != nil {
+			return nil, err
+		}
+		release = r
+	}
+	s.cfg.Observe.WatchOpened(method)
+	return func() { s.cfg.Observe.WatchClosed(method); release() }, nil
+}
 
 // Register serves s on srv.
 func (s *Server) Register(srv grpc.ServiceRegistrar) {
@@ -92,11 +145,23 @@ func invalid(msg string) error { return apiError{codes.InvalidArgument, msg} }
 // grpcError turns an error of this package into a status.
 func grpcError(err error) error {
 	var ae apiError
-	if errors.As(err, &ae) {
+	switch {
+	case errors.As(err, &ae):
 		return status.Error(ae.code, ae.msg)
-	}
-	if errors.Is(err, context.Canceled) {
+	case errors.Is(err, secrets.ErrRejected):
+		// citadel refused a certificate for good: its code, as SDS passes it on.
+		code := status.Code(err)
+		if code == codes.Unknown || code == codes.OK {
+			code = codes.PermissionDenied
+		}
+		return status.Error(code, err.Error())
+	case errors.Is(err, context.Canceled):
 		return status.Error(codes.Canceled, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Err() // already a status (a limit's refusal)
 	}
 	return status.Error(codes.Unavailable, err.Error())
 }

@@ -18,12 +18,19 @@ import (
 // FetchX509SVID streams the caller's X.509-SVID, again on every renewal, forced rotation and
 // bundle change. The certificate is the one SDS serves the same identity (secrets.Manager); the
 // stream's subscription keeps it renewed while the stream is open.
-func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) error {
+func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.ServerStreamingServer[workloadpb.X509SVIDResponse]) (err error) {
+	const method = "FetchX509SVID"
+	defer s.called(method, &err)
 	ctx := stream.Context()
-	caller, err := s.authenticate(ctx, "FetchX509SVID")
+	caller, err := s.authenticate(ctx, method)
 	if err != nil {
 		return grpcError(err)
 	}
+	done, err := s.watch(method, caller)
+	if err != nil {
+		return grpcError(err)
+	}
+	defer done()
 	sub := s.cfg.Secrets.Subscribe(caller.ID)
 	defer s.cfg.Secrets.Unsubscribe(sub)
 	var last []byte // the last response's chain and bundle, to skip notifications that change neither
@@ -72,11 +79,19 @@ func (s *Server) x509SVID(ctx context.Context, caller identity.Caller) (*workloa
 }
 
 // FetchX509Bundles streams the trust domain's X.509 roots, again whenever they change.
-func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadpb.X509BundlesResponse]) error {
+func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.ServerStreamingServer[workloadpb.X509BundlesResponse]) (err error) {
+	const method = "FetchX509Bundles"
+	defer s.called(method, &err)
 	ctx := stream.Context()
-	if _, err := s.authenticate(ctx, "FetchX509Bundles"); err != nil {
+	caller, err := s.authenticate(ctx, method)
+	if err != nil {
 		return grpcError(err)
 	}
+	done, err := s.watch(method, caller)
+	if err != nil {
+		return grpcError(err)
+	}
+	defer done()
 	// A subscription to no identity hears of bundle changes only.
 	sub := s.cfg.Secrets.Subscribe(spiffeid.ID{})
 	defer s.cfg.Secrets.Unsubscribe(sub)

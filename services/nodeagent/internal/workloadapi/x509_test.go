@@ -18,7 +18,7 @@ import (
 type x509Watcher struct{ updates chan *spiffeapi.X509Context }
 
 func (w x509Watcher) OnX509ContextUpdate(c *spiffeapi.X509Context) { w.updates <- c }
-func (w x509Watcher) OnX509ContextWatchError(error)                 {}
+func (w x509Watcher) OnX509ContextWatchError(error)                {}
 
 func (w x509Watcher) next(tb testing.TB) *spiffeapi.X509Context {
 	tb.Helper()
