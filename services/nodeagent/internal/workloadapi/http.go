@@ -34,6 +34,9 @@ func (s *Server) HTTPHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/jwtsvid", s.httpJWTSVID)
 	mux.HandleFunc("POST /v1/validate", s.httpValidate)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.httpError(w, r, apiError{codes.NotFound, fmt.Sprintf("no %s %s: this API serves POST /v1/jwtsvid and POST /v1/validate", r.Method, r.URL.Path)})
+	})
 	return mux
 }
 
@@ -79,7 +82,7 @@ func (s *Server) httpJWTSVID(w http.ResponseWriter, r *http.Request) {
 		s.httpError(w, r, err)
 		return
 	}
-	s.cfg.Observe.Called("/v1/jwtsvid", codes.OK)
+	s.cfg.Observe.Called(httpMethod(r), codes.OK)
 	writeJSON(w, http.StatusOK, jwtSVIDResponse{SPIFFEID: svid.SPIFFEID, Token: svid.Token, ExpiresAt: svid.ExpiresAt.UTC()})
 }
 
@@ -99,7 +102,7 @@ func (s *Server) httpValidate(w http.ResponseWriter, r *http.Request) {
 	}
 	claims := v.claims.AsMap()
 	delete(claims, AttributesClaim) // a field of its own here
-	s.cfg.Observe.Called("/v1/validate", codes.OK)
+	s.cfg.Observe.Called(httpMethod(r), codes.OK)
 	writeJSON(w, http.StatusOK, validateResponse{SPIFFEID: v.svid.ID.String(), Claims: claims, Attributes: v.attributes})
 }
 
@@ -142,9 +145,13 @@ func (s *Server) httpAuthenticate(r *http.Request, path string) (identity.Caller
 func (s *Server) httpError(w http.ResponseWriter, r *http.Request, err error) {
 	st := status.Convert(grpcError(err))
 	ae := apiError{st.Code(), st.Message()}
-	s.cfg.Observe.Called(r.URL.Path, ae.code)
+	s.cfg.Observe.Called(httpMethod(r), ae.code)
 	writeJSON(w, httpStatus(ae.code), httpErrorBody{Error: ae.msg, Code: ae.code.String()})
 }
+
+// httpMethod names a request in metrics by the pattern that matched it ("/v1/jwtsvid",
+// "/v1/validate", or "/" for anything else): a bounded set, whatever paths callers send.
+func httpMethod(r *http.Request) string { return strings.TrimPrefix(r.Pattern, "POST ") }
 
 func httpStatus(c codes.Code) int {
 	switch c {

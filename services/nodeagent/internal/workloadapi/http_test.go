@@ -90,6 +90,8 @@ func TestHTTPErrors(t *testing.T) {
 		{"no audience", pod, "/v1/jwtsvid", `{"audience":[]}`, nil, http.StatusBadRequest, "InvalidArgument", "audience must be specified"},
 		{"unknown field", pod, "/v1/jwtsvid", `{"audiences":["web"]}`, nil, http.StatusBadRequest, "InvalidArgument",
 			`request body is not the JSON object /v1/jwtsvid takes: json: unknown field "audiences"`},
+		{"unknown path", pod, "/v1/jwt", `{}`, nil, http.StatusNotFound, "NotFound",
+			"no POST /v1/jwt: this API serves POST /v1/jwtsvid and POST /v1/validate"},
 		{"empty body", pod, "/v1/validate", ``, nil, http.StatusBadRequest, "InvalidArgument", "request body is empty; want a JSON object"},
 		{"empty token", pod, "/v1/validate", `{"audience":"web"}`, nil, http.StatusBadRequest, "InvalidArgument", "svid must be specified"},
 		{"oversized body", pod, "/v1/validate", `{"audience":"web","token":"` + strings.Repeat("A", 64<<10) + `"}`, nil,
