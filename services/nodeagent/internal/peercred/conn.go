@@ -12,7 +12,9 @@ import (
 // *peer.Peer whose AuthInfo is an AuthInfo): FromContext, and anything else that reads a
 // handler's peer, then works the same for a non-gRPC server on a Unix socket. It is shaped for
 // net/http.Server.ConnContext. A nil r resolves nothing: the peer carries the addresses alone,
-// as with a gRPC server without these credentials.
+// as with a gRPC server without these credentials. net/http calls it in its accept loop, so the
+// resolution (a few reads under ProcRoot, as in the gRPC handshake) delays the next accept by as
+// much.
 func ConnContext(r *Resolver) func(ctx context.Context, conn net.Conn) context.Context {
 	return func(ctx context.Context, conn net.Conn) context.Context {
 		p := &peer.Peer{Addr: conn.RemoteAddr(), LocalAddr: conn.LocalAddr()}
