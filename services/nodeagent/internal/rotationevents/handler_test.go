@@ -14,9 +14,9 @@ import (
 type nopSecrets struct{}
 
 func (nopSecrets) RefreshBundle(context.Context, string, uint64, time.Duration) error { return nil }
-func (nopSecrets) Rotate(spiffeid.ID, string, time.Duration) bool                    { return false }
-func (nopSecrets) RotateAll(string, time.Duration) int                               { return 0 }
-func (nopSecrets) RenewIfSerial(spiffeid.ID, string) bool                            { return false }
+func (nopSecrets) Rotate(spiffeid.ID, string, time.Duration) bool                     { return false }
+func (nopSecrets) RotateAll(string, time.Duration) int                                { return 0 }
+func (nopSecrets) RenewIfSerial(spiffeid.ID, string) bool                             { return false }
 
 type jwtBundles chan uint64
 
