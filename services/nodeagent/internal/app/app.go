@@ -8,14 +8,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"time"
 
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -35,6 +34,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sdslimits"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/workloadapi"
 )
 
 // A verified token is remembered this long (never past its expiry), so a change of the issuer's
@@ -53,6 +53,7 @@ type App struct {
 	verifier workloadtoken.TokenVerifier
 	// refreshKeys keeps remotely fetched token keys fresh (a no-op for a JWKS file).
 	refreshKeys func(context.Context) error
+	attributes  workloadapi.AttributesConfig
 }
 
 // New loads the agent's credentials and checks them; nothing is started.
@@ -65,9 +66,17 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
+	attributes, err := workloadapi.LoadAttributesFile(cfg.WorkloadAPI.AttributesFile)
+	if err != nil {
+		return nil, err
+	}
+	// Checked now, for a clear exit on a bad file; compiled again once the trust domain is known.
+	if _, err := workloadapi.NewAttributes(attributes, spiffeid.TrustDomain{}, workloadapi.NewNamespaces()); err != nil {
+		return nil, fmt.Errorf("-attributes-file: %w", err)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return &App{cfg: cfg, logger: logger, reg: reg, id: id, verifier: verifier, refreshKeys: refreshKeys}, nil
+	return &App{cfg: cfg, logger: logger, reg: reg, id: id, verifier: verifier, refreshKeys: refreshKeys, attributes: attributes}, nil
 }
 
 // Run serves until ctx ends or a part fails. The admin endpoint comes first, so that an agent that
@@ -132,6 +141,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		scfg.Store = store
 	}
 	manager := secrets.New(scfg)
+	peer := csiPlugin.peer(peerOf)
 	limits, err := sdslimits.New(sdslimits.Config{
 		FirstRequestTimeout: a.cfg.SDS.FirstRequestTimeout, MaxUnauthenticated: a.cfg.SDS.MaxUnauthenticated,
 		MaxStreamsPerConn: a.cfg.SDS.MaxStreamsPerConn, MaxStreamsPerCaller: a.cfg.SDS.MaxStreamsPerPod,
@@ -140,15 +150,20 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 	if err != nil {
 		return err
 	}
+	auth := &identity.Authenticator{
+		// Each SDS stream of a pod presents the same token: check its signature once.
+		Verifier: workloadtoken.NewCachedVerifier(a.verifier, nil, verifiedTokenMaxAge, verifiedTokenCacheSize),
+		Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td, Mode: identity.Mode(a.cfg.WorkloadAttestation), Logger: a.logger,
+	}
+	wapi, err := a.newWorkloadAPI(ctx, g, td, auth, manager, citadel, mcpConn, peer, limits)
+	if err != nil {
+		return err
+	}
 	sdsServer := sds.New(sds.Config{
-		Auth: &identity.Authenticator{
-			// Each SDS stream of a pod presents the same token: check its signature once.
-			Verifier: workloadtoken.NewCachedVerifier(a.verifier, nil, verifiedTokenMaxAge, verifiedTokenCacheSize),
-			Pods:     pods, NodeName: a.cfg.NodeName, TrustDomain: td, Mode: identity.Mode(a.cfg.WorkloadAttestation), Logger: a.logger,
-		},
+		Auth:    auth,
 		Secrets: manager, Logger: a.logger, Observe: m, Callers: limits,
 		PeerIdentifies: identity.Mode(a.cfg.WorkloadAttestation) != identity.ModeToken,
-		ResumeAfter:    a.cfg.SDS.ResumeAfter, Remembered: manager, Started: sdslimits.Started, Peer: csiPlugin.peer(peerOf),
+		ResumeAfter:    a.cfg.SDS.ResumeAfter, Remembered: manager, Started: sdslimits.Started, Peer: peer,
 	})
 	lis, err := a.listenSocket()
 	if err != nil {
@@ -156,6 +171,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 	}
 	srv := grpc.NewServer(append(limits.ServerOptions(), a.peerOptions()...)...)
 	secretv3.RegisterSecretDiscoveryServiceServer(srv, sdsServer)
+	wapi.server.Register(srv) // the SPIFFE Workload API, on the same sockets and with the same callers
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(srv, healthSrv)
 	var serving atomic.Bool
@@ -180,8 +196,10 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		})
 	})
 	g.Go(func() error { return manager.Run(ctx) })
+	httpSrv := a.httpServer(wapi)
+	g.Go(func() error { return a.serveHTTP(ctx, httpSrv) })
 	if a.cfg.NATS.Enabled() {
-		if err := a.followEvents(ctx, g, manager); err != nil {
+		if err := a.followEvents(ctx, g, manager, wapi.bundles); err != nil {
 			return err
 		}
 	} else {
@@ -194,7 +212,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 			// answered from what the agent held, with no CSR and no call to the CA.
 			restore(ctx, manager, pods, a.cfg.NodeName, a.logger)
 		}
-		csiPlugin.serve(srv) // a caller on a pod's own socket is that pod: csiPlugin.peer
+		csiPlugin.serve(srv, httpSrv) // a caller on a pod's own socket is that pod: csiPlugin.peer
 		serving.Store(true)
 		return lifecycle.ServeGRPC(ctx, srv, lis)
 	})
@@ -204,8 +222,8 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 }
 
 // followEvents acts on kms-adapter's rotation events (see rotationevents).
-func (a *App) followEvents(ctx context.Context, g *errgroup.Group, manager *secrets.Manager) error {
-	h := &rotationevents.Handler{Secrets: manager, Logger: a.logger, BundleJitter: a.cfg.BundleJitter, RotateJitter: a.cfg.RotateJitter}
+func (a *App) followEvents(ctx context.Context, g *errgroup.Group, manager *secrets.Manager, jwtBundles rotationevents.JWTBundles) error {
+	h := &rotationevents.Handler{Secrets: manager, JWTBundles: jwtBundles, Logger: a.logger, BundleJitter: a.cfg.BundleJitter, RotateJitter: a.cfg.RotateJitter}
 	run, err := events.Follow(events.FollowConfig{Conn: a.cfg.NATS, Identity: a.id, Name: "nodeagent/" + a.cfg.NodeName, Logger: a.logger,
 		Registerer: a.reg, Handle: h.Handle})
 	if err != nil {
@@ -215,30 +233,5 @@ func (a *App) followEvents(ctx context.Context, g *errgroup.Group, manager *secr
 	return nil
 }
 
-// listenSocket opens the SDS socket with its mode set, replacing a stale socket left by a
-// previous run (but never any other kind of file).
-func (a *App) listenSocket() (net.Listener, error) {
-	mode, _ := a.cfg.Mode() // validated in config
-	path := a.cfg.Socket
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("creating socket directory: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("removing stale socket: %w", err)
-		}
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listening on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("setting socket mode: %w", err)
-	}
-	a.logger.Info(lifecycle.ListeningMsg, "listener", "sds", "addr", path)
-	return lis, nil
-}
+// listenSocket opens the SDS socket (see listenUnix).
+func (a *App) listenSocket() (net.Listener, error) { return a.listenUnix(a.cfg.Socket, "sds") }

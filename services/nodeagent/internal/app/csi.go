@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
+	"path/filepath"
 	"sync"
 
 	"golang.org/x/sync/errgroup"
@@ -14,6 +16,7 @@ import (
 	grpcpeer "google.golang.org/grpc/peer"
 
 	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/config"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/csi"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 )
@@ -44,10 +47,11 @@ func (a *App) startCSI(ctx context.Context, g *errgroup.Group) (*csiPlugin, erro
 	return &csiPlugin{sockets: sockets, driver: driver}, nil
 }
 
-// serve has srv answer on every pod's socket, open and to come.
-func (c *csiPlugin) serve(srv *grpc.Server) {
+// serve has srv answer on every pod's socket, open and to come, and httpSrv (nil: none) on the
+// HTTP socket next to each.
+func (c *csiPlugin) serve(srv *grpc.Server, httpSrv *http.Server) {
 	if c != nil {
-		c.sockets.serve(srv)
+		c.sockets.serve(srv, httpSrv)
 	}
 }
 
@@ -85,14 +89,23 @@ type podSockets struct {
 
 	mu sync.Mutex
 	// srv is nil until the agent can serve; sockets opened before wait for it (their
-	// connections queue in the listen backlog).
-	srv   *grpc.Server
-	byUID map[string]podSocket
+	// connections queue in the listen backlog). httpSrv, set with it, serves the Workload
+	// API's HTTP form on a second socket next to each pod's (nil: it is off).
+	srv     *grpc.Server
+	httpSrv *http.Server
+	byUID   map[string]podSocket
 }
 
 type podSocket struct {
-	pod csi.PodInfo
-	lis net.Listener
+	pod     csi.PodInfo
+	lis     net.Listener
+	httpLis net.Listener // nil until served with an HTTP server
+}
+
+// httpSocketPath is where a pod's HTTP socket is: next to its gRPC socket, under the name the
+// shared one has next to the shared socket.
+func httpSocketPath(socket string) string {
+	return filepath.Join(filepath.Dir(socket), config.HTTPSocketName)
 }
 
 // OpenPodSocket listens on the pod's socket, open to every uid: the pod's processes may run as
@@ -112,21 +125,54 @@ func (p *podSockets) OpenPodSocket(pod csi.PodInfo, path string) error {
 		old.lis.Close()
 	}
 	pod.Token = "" // not needed after the publish (see csi.PodInfo); kept nowhere
-	p.byUID[pod.UID] = podSocket{pod: pod, lis: lis}
+	ps := podSocket{pod: pod, lis: lis}
 	if p.srv != nil {
-		go p.serveOn(p.srv, pod.UID, lis)
+		if err := p.startLocked(&ps); err != nil {
+			lis.Close()
+			return err
+		}
 	}
+	p.byUID[pod.UID] = ps
 	return nil
 }
 
-// serve starts srv on every pod socket, and on those opened later.
-func (p *podSockets) serve(srv *grpc.Server) {
+// serve starts srv (and httpSrv) on every pod socket, and on those opened later.
+func (p *podSockets) serve(srv *grpc.Server, httpSrv *http.Server) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.srv = srv
+	p.srv, p.httpSrv = srv, httpSrv
 	for uid, s := range p.byUID {
-		go p.serveOn(srv, uid, s.lis)
+		if err := p.startLocked(&s); err != nil {
+			p.log.Warn("pod socket: the workload api http socket could not be opened; the grpc socket serves", "pod_uid", uid, "error", err)
+		}
+		p.byUID[uid] = s
 	}
+}
+
+// startLocked serves a pod's gRPC socket and opens and serves its HTTP socket. p.mu is held.
+func (p *podSockets) startLocked(s *podSocket) error {
+	if p.httpSrv != nil {
+		path := httpSocketPath(s.lis.Addr().String())
+		if err := removeStaleSocket(path); err != nil {
+			return err
+		}
+		lis, err := net.Listen("unix", path)
+		if err != nil {
+			return err
+		}
+		if err := os.Chmod(path, 0o666); err != nil {
+			lis.Close()
+			return fmt.Errorf("setting socket mode: %w", err)
+		}
+		s.httpLis = lis
+		go func() {
+			if err := p.httpSrv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+				p.log.Warn("pod http socket stopped serving", "pod_uid", s.pod.UID, "error", err)
+			}
+		}()
+	}
+	go p.serveOn(p.srv, s.pod.UID, s.lis)
+	return nil
 }
 
 // serveOn returns when the listener closes (ClosePodSocket) or the server stops.
@@ -147,6 +193,11 @@ func (p *podSockets) ClosePodSocket(uid string) error {
 		return nil
 	}
 	delete(p.byUID, uid)
+	if s.httpLis != nil {
+		if err := s.httpLis.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			return err
+		}
+	}
 	if err := s.lis.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}
@@ -158,7 +209,7 @@ func (p *podSockets) Pod(path string) (csi.PodInfo, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range p.byUID {
-		if s.lis.Addr().String() == path {
+		if s.lis.Addr().String() == path || (s.httpLis != nil && s.httpLis.Addr().String() == path) {
 			return s.pod, true
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -19,6 +20,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/csi"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/peercred"
 )
 
 // The agent's gRPC server answers on every pod's socket, those published before it could serve
@@ -41,6 +43,14 @@ func TestPodSocketsServeAndNameThePod(t *testing.T) {
 	}))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	defer srv.Stop()
+	// The Workload API's HTTP form, served on a second socket next to each pod's.
+	httpSrv := &http.Server{ConnContext: peercred.ConnContext(nil), ReadHeaderTimeout: 5 * time.Second,
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			seen = append(seen, peerOf(r.Context()))
+			mu.Unlock()
+		})}
+	defer httpSrv.Close()
 
 	dir := t.TempDir()
 	pods := []csi.PodInfo{
@@ -51,9 +61,13 @@ func TestPodSocketsServeAndNameThePod(t *testing.T) {
 	for i, pod := range pods {
 		if i == 1 {
 			// The first socket was published before the agent could serve (it was attesting).
-			sockets.serve(srv)
+			sockets.serve(srv, httpSrv)
 		}
-		paths[i] = filepath.Join(dir, pod.Name+".sock")
+		// Each pod's socket in a directory of its own, as the CSI driver makes them.
+		if err := os.Mkdir(filepath.Join(dir, pod.Name), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		paths[i] = filepath.Join(dir, pod.Name, "socket")
 		if err := sockets.OpenPodSocket(pod, paths[i]); err != nil {
 			t.Fatal(err)
 		}
@@ -62,15 +76,17 @@ func TestPodSocketsServeAndNameThePod(t *testing.T) {
 		}
 	}
 	for i, path := range paths {
-		if err := healthCheck(path); err != nil {
-			t.Fatal(err)
-		}
-		mu.Lock()
-		got := seen[len(seen)-1]
-		mu.Unlock()
 		want := attestedpod.Ref{Namespace: pods[i].Namespace, Name: pods[i].Name, UID: pods[i].UID}
-		if got.SocketPod == nil || *got.SocketPod != want || got.PID != 42 {
-			t.Errorf("call on %s: handler saw %+v, want socket pod %+v and the peer credentials", path, got, want)
+		for _, call := range []func(string) error{healthCheck, httpCheck} {
+			if err := call(path); err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			got := seen[len(seen)-1]
+			mu.Unlock()
+			if got.SocketPod == nil || *got.SocketPod != want || got.PID != 42 {
+				t.Errorf("call on %s: handler saw %+v, want socket pod %+v and the peer credentials", path, got, want)
+			}
 		}
 	}
 
@@ -99,6 +115,9 @@ func TestPodSocketsServeAndNameThePod(t *testing.T) {
 	if err := healthCheck(paths[0]); err == nil {
 		t.Error("a closed pod socket still answers")
 	}
+	if err := httpCheck(paths[0]); err == nil {
+		t.Error("a closed pod's http socket still answers")
+	}
 	if _, ok := sockets.Pod(paths[0]); ok {
 		t.Error("Pod still knows the closed socket")
 	}
@@ -117,4 +136,17 @@ func healthCheck(path string) error {
 	defer cancel()
 	_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	return err
+}
+
+// httpCheck makes an HTTP request on the HTTP socket next to the pod socket at path.
+func httpCheck(path string) error {
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", httpSocketPath(path))
+	}}}
+	defer c.CloseIdleConnections()
+	resp, err := c.Get("http://pod/")
+	if err != nil {
+		return err
+	}
+	return resp.Body.Close()
 }

@@ -1,5 +1,6 @@
 // Package citadelclient is the agent's side of citadel's APIs: Istio's CreateCertificate for
-// signing, and the Portcullis trust bundle service.
+// signing, the Portcullis trust bundle
+// service and the JWT-SVID service.
 package citadelclient
 
 import (
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/libs/renewalproof"
@@ -22,15 +24,18 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
 
-// Client implements secrets.Signer and secrets.BundleSource over one mTLS connection.
+// Client implements secrets.Signer, secrets.BundleSource and the Workload API's JWT-SVID minter
+// and JWT bundle source over one mTLS connection.
 type Client struct {
 	ca     authv1.IstioCertificateServiceClient
 	bundle cav1.TrustBundleServiceClient
+	jwt    cav1.JWTSVIDServiceClient
 }
 
 // New wraps conn, a connection to citadel authenticated with the agent's node certificate.
 func New(conn grpc.ClientConnInterface) *Client {
-	return &Client{ca: authv1.NewIstioCertificateServiceClient(conn), bundle: cav1.NewTrustBundleServiceClient(conn)}
+	return &Client{ca: authv1.NewIstioCertificateServiceClient(conn), bundle: cav1.NewTrustBundleServiceClient(conn),
+		jwt: cav1.NewJWTSVIDServiceClient(conn)}
 }
 
 // Sign forwards the CSR with the agent's statement of the pod it attested, with the workload's
@@ -38,9 +43,7 @@ func New(conn grpc.ClientConnInterface) *Client {
 func (c *Client) Sign(ctx context.Context, csrPEM []byte, cred secrets.Credential, ttl time.Duration) ([]*x509.Certificate, error) {
 	req := &authv1.IstioCertificateRequest{Csr: string(csrPEM), ValidityDuration: int64(ttl / time.Second)}
 	switch cur := cred.Current; {
-	case cred.Pod != nil:
-		req.Metadata = attestedpod.Set(nil, *cred.Pod)
-	case cur != nil:
+	case cred.Pod == nil && cur != nil:
 		block, _ := pem.Decode(csrPEM)
 		if block == nil {
 			return nil, fmt.Errorf("renewal: csr is not PEM")
@@ -51,7 +54,7 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, cred secrets.Credentia
 		}
 		req.Metadata = proof
 	default:
-		ctx = metadata.AppendToOutgoingContext(ctx, workloadtoken.GRPCMetadataKey, "Bearer "+cred.Token)
+		ctx, req.Metadata = authorize(ctx, cred.Pod, cred.Token)
 	}
 	resp, err := c.ca.CreateCertificate(ctx, req)
 	if err != nil {
@@ -73,6 +76,16 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, cred secrets.Credentia
 		return nil, fmt.Errorf("citadel returned an empty chain")
 	}
 	return chain, nil
+}
+
+// authorize names the workload a request is for, as citadel expects it for certificates and
+// JWT-SVIDs alike: the agent's statement of a pod it attested itself (in the request's metadata
+// Struct), else the workload's token (authorization: Bearer).
+func authorize(ctx context.Context, pod *attestedpod.Ref, token string) (context.Context, *structpb.Struct) {
+	if pod != nil {
+		return ctx, attestedpod.Set(nil, *pod)
+	}
+	return metadata.AppendToOutgoingContext(ctx, workloadtoken.GRPCMetadataKey, "Bearer "+token), nil
 }
 
 // TrustBundle fetches the roots and the bundle's version.

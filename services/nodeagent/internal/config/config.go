@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -66,6 +67,32 @@ type Config struct {
 	CgroupRoot string
 	// State keeps certificates and keys across restarts (package secretstore).
 	State State
+	// WorkloadAPI configures the SPIFFE Workload API (package workloadapi).
+	WorkloadAPI WorkloadAPI
+}
+
+// WorkloadAPI configures the SPIFFE Workload API, served on the SDS socket, and its HTTP form.
+type WorkloadAPI struct {
+	// HTTPSocket is the HTTP/JSON API's Unix socket; "" puts it next to the SDS socket
+	// (HTTPSocketPath), "-" turns it off.
+	HTTPSocket string
+	// AttributesFile maps SPIFFE IDs to attributes (workloadapi.AttributesConfig); "" is the
+	// default layout with no labels.
+	AttributesFile string
+}
+
+// HTTPSocketName is the HTTP API socket's file name in the SDS socket's directory.
+const HTTPSocketName = "workload-api-http.sock"
+
+// HTTPSocketPath is where the HTTP API listens, "" for nowhere.
+func (c *Config) HTTPSocketPath() string {
+	switch c.WorkloadAPI.HTTPSocket {
+	case "-":
+		return ""
+	case "":
+		return filepath.Join(filepath.Dir(c.Socket), HTTPSocketName)
+	}
+	return c.WorkloadAPI.HTTPSocket
 }
 
 // State configures the node-local store of certificates and keys.
@@ -107,7 +134,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.CertTTL, "cert-ttl", 24*time.Hour, "requested workload certificate lifetime")
 	fs.StringVar(&c.KeyType, "key-type", string(secrets.ECDSAP256), "workload key type: ecdsa-p256 or rsa-2048")
 	fs.Float64Var(&c.RenewJitter, "renew-jitter", secrets.DefaultJitter, "renewal jitter as a fraction of lifetime, around the half-life")
-	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", 30*time.Second, "trust bundle poll interval")
+	fs.DurationVar(&c.BundleRefresh, "bundle-refresh", 30*time.Second, "trust bundle and JWT bundle poll interval (events refetch them at once)")
+	fs.StringVar(&c.WorkloadAPI.HTTPSocket, "http-socket", "",
+		"Unix socket of the Workload API's HTTP/JSON form (POST /v1/jwtsvid, /v1/validate), mode -socket-mode; default "+HTTPSocketName+" next to -socket; - disables")
+	fs.StringVar(&c.WorkloadAPI.AttributesFile, "attributes-file", "",
+		"YAML or JSON file mapping SPIFFE ID paths (and namespace labels) to the attributes ValidateJWTSVID returns; default /ns/{namespace}/sa/{serviceAccount}")
 	c.TLS.RegisterFlags(fs)
 	c.Attest.RegisterFlags(fs)
 	c.CSI.RegisterFlags(fs)
@@ -119,7 +150,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.SDS.FirstRequestTimeout, "sds-first-request-timeout", DefaultSDSFirstRequestTimeout, "an SDS stream that sends no request this long after opening is ended")
 	fs.IntVar(&c.SDS.MaxUnauthenticated, "sds-max-unauthenticated-streams", DefaultSDSMaxUnauthenticated, "most SDS streams, agent-wide, that have not sent their first request; more are refused")
 	fs.IntVar(&c.SDS.MaxStreamsPerConn, "sds-max-streams-per-conn", DefaultSDSMaxStreamsPerConn, "most concurrent streams on one connection to the SDS socket")
-	fs.IntVar(&c.SDS.MaxStreamsPerPod, "sds-max-streams-per-pod", DefaultSDSMaxStreamsPerCaller, "most open SDS streams of one authenticated pod")
+	fs.IntVar(&c.SDS.MaxStreamsPerPod, "sds-max-streams-per-pod", DefaultSDSMaxStreamsPerCaller, "most open streams of one authenticated pod: SDS streams and Workload API watches together")
 }
 
 // Validate reports every problem at once.
@@ -165,6 +196,9 @@ func (c *Config) Validate() error {
 	}
 	if c.BundleRefresh < time.Second {
 		errs = append(errs, errors.New("-bundle-refresh must be at least 1s"))
+	}
+	if p := c.HTTPSocketPath(); p != "" && filepath.Clean(p) == filepath.Clean(c.Socket) {
+		errs = append(errs, fmt.Errorf("-http-socket %s is the SDS socket", p))
 	}
 	errs = append(errs, c.validateTLS(), c.NATS.Validate(), c.CSI.Validate())
 	if c.BundleJitter < 0 || c.RotateJitter < 0 {

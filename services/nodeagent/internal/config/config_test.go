@@ -51,6 +51,7 @@ func TestValidateRejects(t *testing.T) {
 	}{
 		{"missing node name", func(c *Config) { c.NodeName = "" }, "-node-name"},
 		{"missing socket", func(c *Config) { c.Socket = "" }, "-socket"},
+		{"http socket on the sds socket", func(c *Config) { c.WorkloadAPI.HTTPSocket = c.Socket }, "-http-socket"},
 		{"world-readable socket", func(c *Config) { c.SocketMode = "0664" }, "-socket-mode"},
 		{"world-writable socket", func(c *Config) { c.SocketMode = "0662" }, "-socket-mode"},
 		{"world-accessible socket", func(c *Config) { c.SocketMode = "0777" }, "-socket-mode"},
@@ -147,5 +148,17 @@ func TestAttestation(t *testing.T) {
 	c.TLS.CAFile = ""
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "-tls-ca is required") {
 		t.Fatalf("Validate without -tls-ca: %v", err)
+	}
+}
+
+func TestHTTPSocketSitsNextToTheSDSSocket(t *testing.T) {
+	c := valid(t)
+	c.Socket = "/var/run/secrets/workload-spiffe-uds/socket"
+	if got := c.HTTPSocketPath(); got != "/var/run/secrets/workload-spiffe-uds/workload-api-http.sock" {
+		t.Fatalf("default http socket %q", got)
+	}
+	c.WorkloadAPI.HTTPSocket = "-"
+	if got := c.HTTPSocketPath(); got != "" {
+		t.Fatalf("-http-socket=- serves on %q", got)
 	}
 }

@@ -24,10 +24,18 @@ type Secrets interface {
 	RenewIfSerial(id spiffeid.ID, serial string) bool
 }
 
+// JWTBundles is the agent's JWT bundle (workloadapi.JWTBundles).
+type JWTBundles interface {
+	// RefreshTo refetches until the bundle is at least version want.
+	RefreshTo(ctx context.Context, want uint64, attempts int, retryDelay time.Duration) error
+}
+
 // Handler acts on events. Handle never blocks on the network.
 type Handler struct {
 	Secrets Secrets
-	Logger  *slog.Logger
+	// JWTBundles, if set, is refetched on JWTBundleChanged.
+	JWTBundles JWTBundles
+	Logger     *slog.Logger
 	// BundleJitter spreads bundle refetches; RotateJitter spreads re-issues after a CA
 	// activation or a forced rotation.
 	BundleJitter time.Duration
@@ -40,6 +48,10 @@ func (h *Handler) Handle(ctx context.Context, e *eventsv1.Event) {
 	switch k := e.GetKind().(type) {
 	case *eventsv1.Event_TrustBundleChanged:
 		go h.refresh(ctx, kind, k.TrustBundleChanged.GetBundleVersion())
+	case *eventsv1.Event_JwtBundleChanged:
+		if h.JWTBundles != nil {
+			go h.refreshJWT(ctx, k.JwtBundleChanged.GetBundleVersion())
+		}
 	case *eventsv1.Event_CaRotation:
 		if k.CaRotation.GetStep() == eventsv1.CARotation_STEP_ACTIVATED {
 			n := h.Secrets.RotateAll(kind, h.RotateJitter)
@@ -69,16 +81,35 @@ func (h *Handler) rotate(kind, raw string, within time.Duration) {
 }
 
 func (h *Handler) refresh(ctx context.Context, kind string, version uint64) {
-	if h.BundleJitter > 0 {
-		t := time.NewTimer(rand.N(h.BundleJitter))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
+	if !h.spread(ctx) {
+		return
 	}
 	if err := h.Secrets.RefreshBundle(ctx, kind, version, 200*time.Millisecond); err != nil && ctx.Err() == nil {
 		h.Logger.Warn("refetching the trust bundle after an event failed; the periodic refresh continues", "want_version", version, "err", err)
+	}
+}
+
+func (h *Handler) refreshJWT(ctx context.Context, version uint64) {
+	if !h.spread(ctx) {
+		return
+	}
+	if err := h.JWTBundles.RefreshTo(ctx, version, 5, 200*time.Millisecond); err != nil && ctx.Err() == nil {
+		h.Logger.Warn("refetching the jwt bundle after an event failed; the periodic refresh continues", "want_version", version, "err", err)
+	}
+}
+
+// spread waits a random part of BundleJitter, so that a fleet does not refetch at once; false if
+// ctx ended first.
+func (h *Handler) spread(ctx context.Context) bool {
+	if h.BundleJitter <= 0 {
+		return true
+	}
+	t := time.NewTimer(rand.N(h.BundleJitter))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }

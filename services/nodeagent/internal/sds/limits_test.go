@@ -147,7 +147,7 @@ func TestStreamsPerPodAreCapped(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = served(t, h, dialAgent(t, h), cart)
-	requireRefusal(t, err, codes.ResourceExhausted, "shop/cart-1/uid-cart-1 already holds 2 SDS streams on this agent, at most 2 are allowed per pod")
+	requireRefusal(t, err, codes.ResourceExhausted, "shop/cart-1/uid-cart-1 already holds 2 streams (SDS and Workload API) on this agent, at most 2 are allowed per pod")
 	if n := h.obs.limitRefusals(sdslimits.ReasonPerCaller); n != 1 {
 		t.Errorf("%d refusals counted, want 1", n)
 	}

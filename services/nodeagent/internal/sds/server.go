@@ -15,14 +15,12 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
-	"strings"
 	"time"
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
@@ -100,21 +98,11 @@ func New(cfg Config) *Server { return &Server{cfg: cfg} }
 // authenticate identifies the caller from its connection and the token it sent, in gRPC metadata
 // or, failing that, in the node metadata of its first request.
 func (s *Server) authenticate(ctx context.Context, node *core.Node) (identity.Caller, error) {
-	tok := ""
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		for _, v := range md.Get(workloadtoken.GRPCMetadataKey) {
-			if t, ok := strings.CutPrefix(v, "Bearer "); ok {
-				tok = strings.TrimSpace(t)
-			}
-		}
-	}
+	tok := identity.BearerToken(ctx)
 	if tok == "" {
 		tok = node.GetMetadata().GetFields()[workloadtoken.NodeMetadataKey].GetStringValue()
 	}
-	ev := identity.Evidence{Token: tok}
-	if s.cfg.Peer != nil {
-		ev.Peer = s.cfg.Peer(ctx)
-	}
+	ev := identity.Gather(ctx, tok, s.cfg.Peer)
 	caller, err := s.cfg.Auth.Authenticate(ctx, ev)
 	if err != nil {
 		s.cfg.Logger.Warn("sds caller refused", "node_id", node.GetId(), "pid", ev.Peer.PID, "err", err)

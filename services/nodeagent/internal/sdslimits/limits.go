@@ -131,7 +131,7 @@ func (l *Limiter) AdmitCaller(caller string) (release func(), err error) {
 	defer l.mu.Unlock()
 	if n := l.callers[caller]; n >= l.cfg.MaxStreamsPerCaller {
 		l.cfg.Observer.LimitRefused(ReasonPerCaller)
-		return nil, status.Errorf(codes.ResourceExhausted, "%s already holds %d SDS streams on this agent, at most %d are allowed per pod",
+		return nil, status.Errorf(codes.ResourceExhausted, "%s already holds %d streams (SDS and Workload API) on this agent, at most %d are allowed per pod",
 			caller, n, l.cfg.MaxStreamsPerCaller)
 	}
 	l.callers[caller]++
