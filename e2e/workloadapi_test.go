@@ -1,0 +1,191 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+
+	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
+	"github.com/portcullis-mesh/portcullis/tools/stack"
+)
+
+// app is a workload of examples/cluster talking to node-a's agent with go-spiffe's own client.
+func app(t *testing.T, s *stack.Stack, podKey string) (*workloadapi.Client, []workloadapi.ClientOption) {
+	t.Helper()
+	tok, err := s.Token(pod(t, podKey), time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := []workloadapi.ClientOption{workloadapi.WithAddr("unix://" + s.Socket("node-a")),
+		workloadapi.WithDialOptions(grpc.WithPerRPCCredentials(bearer(tok)))}
+	c, err := workloadapi.New(context.Background(), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, opts
+}
+
+// An app in the dev stack, with go-spiffe's own Workload API client: its X.509 SVID and bundle,
+// a root rotation and a forced rotation arriving on its open watch, mTLS with another app through
+// spiffetls, and a JWT-SVID validated by the peer through the API and offline. The JWT key
+// rotation is TestJWTSVIDKeyRotationThroughTheStack.
+func TestWorkloadAPIWithGoSpiffe(t *testing.T) {
+	s, _ := startStack(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	frontendID := spiffeid.RequireFromSegments(td, "ns", "shop", "sa", "frontend")
+	cartID := spiffeid.RequireFromSegments(td, "ns", "shop", "sa", "cart")
+	frontend, frontendOpts := app(t, s, "shop/frontend-0")
+	cart, cartOpts := app(t, s, "shop/cart-0")
+
+	svid, err := frontend.FetchX509SVID(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svid.ID != frontendID {
+		t.Fatalf("FetchX509SVID gave %s, want %s", svid.ID, frontendID)
+	}
+	bundles, err := frontend.FetchX509Bundles(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := bundles.GetX509BundleForTrustDomain(td)
+	if err != nil || len(b.X509Authorities()) != 1 {
+		t.Fatalf("FetchX509Bundles: %v, %v; want one root for %s", b, err, td)
+	}
+	if _, err := svid.Certificates[0].Verify(x509.VerifyOptions{Roots: pool(b.X509Authorities()),
+		Intermediates: pool(svid.Certificates[1:]), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("the SVID does not chain to the bundle: %v", err)
+	}
+
+	frontendSrc, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(frontendOpts...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer frontendSrc.Close()
+	cartSrc, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(cartOpts...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cartSrc.Close()
+
+	t.Run("mTLS between two apps with spiffetls", func(t *testing.T) {
+		spiffetlsRoundTrip(t, ctx, cartSrc, cartID, frontendSrc, frontendID)
+	})
+
+	t.Run("a root rotation and a forced rotation arrive on the open watch", func(t *testing.T) {
+		ctl := admin(t, s)
+		before := current(t, frontendSrc)
+		rotate(t, ctl, kmsv1.RotationStep_ROTATION_STEP_PREPARE, false)
+		eventually(t, "the new root in the watched bundle", func() bool {
+			b, err := frontendSrc.GetX509BundleForTrustDomain(td)
+			return err == nil && len(b.X509Authorities()) == 2
+		})
+		rotate(t, ctl, kmsv1.RotationStep_ROTATION_STEP_ACTIVATE, false)
+		eventually(t, "a certificate under the new root on the watch", func() bool {
+			return current(t, frontendSrc).SerialNumber.Cmp(before.SerialNumber) != 0
+		})
+		rotated := current(t, frontendSrc)
+		if _, err := ctl.ForceRotateIdentity(ctx, &kmsv1.ForceRotateIdentityRequest{SpiffeId: frontendID.String(), Reason: "e2e"}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "a new certificate after the forced rotation", func() bool {
+			return current(t, frontendSrc).SerialNumber.Cmp(rotated.SerialNumber) != 0
+		})
+		spiffetlsRoundTrip(t, ctx, cartSrc, cartID, frontendSrc, frontendID)
+	})
+
+	t.Run("JWT-SVIDs: fetch, validate through the API and offline", func(t *testing.T) {
+		jwt, err := frontend.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "cart"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if jwt.ID != frontendID || len(jwt.Audience) != 1 || jwt.Audience[0] != "cart" {
+			t.Fatalf("JWT-SVID for %s %v, want %s for [cart]", jwt.ID, jwt.Audience, frontendID)
+		}
+		if ttl := time.Until(jwt.Expiry); ttl <= 0 || ttl > 5*time.Minute {
+			t.Fatalf("JWT-SVID lives %s, want at most the default 5m", ttl)
+		}
+		got, err := cart.ValidateJWTSVID(ctx, jwt.Marshal(), "cart")
+		if err != nil || got.ID != frontendID {
+			t.Fatalf("ValidateJWTSVID by the peer = %v, %v; want %s", got, err, frontendID)
+		}
+		if _, err := cart.ValidateJWTSVID(ctx, jwt.Marshal(), "ledger"); err == nil {
+			t.Fatal("a token for another audience was accepted")
+		}
+		jwtBundles, err := cart.FetchJWTBundles(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		offline, err := jwtsvid.ParseAndValidate(jwt.Marshal(), jwtBundles, []string{"cart"})
+		if err != nil || offline.ID != frontendID {
+			t.Fatalf("offline validation with the JWT bundle: %v, %v", offline, err)
+		}
+	})
+}
+
+// spiffetlsRoundTrip has the server app accept one connection from the client app over mTLS,
+// each authorizing the other's ID, and echo one line.
+func spiffetlsRoundTrip(t *testing.T, ctx context.Context, serverSrc *workloadapi.X509Source, serverID spiffeid.ID,
+	clientSrc *workloadapi.X509Source, clientID spiffeid.ID) {
+	t.Helper()
+	lis, err := spiffetls.ListenWithMode(ctx, "tcp", "127.0.0.1:0", spiffetls.MTLSServerWithSource(tlsconfig.AuthorizeID(clientID), serverSrc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	served := make(chan error, 1)
+	go func() {
+		conn, err := lis.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		defer conn.Close()
+		_, err = io.Copy(conn, io.LimitReader(conn, 5))
+		served <- err
+	}()
+	conn, err := spiffetls.DialWithMode(ctx, "tcp", lis.Addr().String(), spiffetls.MTLSClientWithSource(tlsconfig.AuthorizeID(serverID), clientSrc))
+	if err != nil {
+		t.Fatalf("spiffetls dial: %v", err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("echo over spiffetls: %q, %v", buf, err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("server side: %v", err)
+	}
+}
+
+func current(t *testing.T, src *workloadapi.X509Source) *x509.Certificate {
+	t.Helper()
+	svid, err := src.GetX509SVID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid.Certificates[0]
+}
+
+func pool(certs []*x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range certs {
+		p.AddCert(c)
+	}
+	return p
+}
