@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"io"
+	"sync"
 	"testing"
 	"time"
 
@@ -85,23 +86,26 @@ func TestWorkloadAPIWithGoSpiffe(t *testing.T) {
 	})
 
 	t.Run("a root rotation and a forced rotation arrive on the open watch", func(t *testing.T) {
+		w := watch(t, frontend)
 		ctl := admin(t, s)
-		before := current(t, frontendSrc)
+		before := w.svid(t)
 		rotate(t, ctl, kmsv1.RotationStep_ROTATION_STEP_PREPARE, false)
-		eventually(t, "the new root in the watched bundle", func() bool {
-			b, err := frontendSrc.GetX509BundleForTrustDomain(td)
-			return err == nil && len(b.X509Authorities()) == 2
-		})
+		eventually(t, "the new root on the open watch", func() bool { return w.roots(td) == 2 })
 		rotate(t, ctl, kmsv1.RotationStep_ROTATION_STEP_ACTIVATE, false)
-		eventually(t, "a certificate under the new root on the watch", func() bool {
-			return current(t, frontendSrc).SerialNumber.Cmp(before.SerialNumber) != 0
+		eventually(t, "a certificate under the new root on the open watch", func() bool {
+			return w.svid(t).SerialNumber.Cmp(before.SerialNumber) != 0
 		})
-		rotated := current(t, frontendSrc)
+		rotated := w.svid(t)
 		if _, err := ctl.ForceRotateIdentity(ctx, &kmsv1.ForceRotateIdentityRequest{SpiffeId: frontendID.String(), Reason: "e2e"}); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, "a new certificate after the forced rotation", func() bool {
-			return current(t, frontendSrc).SerialNumber.Cmp(rotated.SerialNumber) != 0
+		eventually(t, "a new certificate after the forced rotation on the open watch", func() bool {
+			return w.svid(t).SerialNumber.Cmp(rotated.SerialNumber) != 0
+		})
+		// The sources followed too (go-spiffe's X509Source reads its bundles without its lock, so
+		// they are only used once no update is in flight).
+		eventually(t, "the X509Source on the forced rotation's certificate", func() bool {
+			return current(t, frontendSrc).SerialNumber.Cmp(w.svid(t).SerialNumber) == 0
 		})
 		spiffetlsRoundTrip(t, ctx, cartSrc, cartID, frontendSrc, frontendID)
 	})
@@ -171,6 +175,47 @@ func spiffetlsRoundTrip(t *testing.T, ctx context.Context, serverSrc *workloadap
 	if err := <-served; err != nil {
 		t.Fatalf("server side: %v", err)
 	}
+}
+
+// x509Watch is an open WatchX509Context watch and what it last delivered.
+type x509Watch struct {
+	mu   sync.Mutex
+	last *workloadapi.X509Context
+}
+
+func watch(t *testing.T, c *workloadapi.Client) *x509Watch {
+	t.Helper()
+	w := &x509Watch{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.WatchX509Context(ctx, w) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, "the watch's first update", func() bool { w.mu.Lock(); defer w.mu.Unlock(); return w.last != nil })
+	return w
+}
+
+func (w *x509Watch) OnX509ContextUpdate(c *workloadapi.X509Context) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.last = c
+}
+
+func (w *x509Watch) OnX509ContextWatchError(error) {}
+
+func (w *x509Watch) svid(t *testing.T) *x509.Certificate {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.last.DefaultSVID().Certificates[0]
+}
+
+func (w *x509Watch) roots(td spiffeid.TrustDomain) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	b, err := w.last.Bundles.GetX509BundleForTrustDomain(td)
+	if err != nil {
+		return 0
+	}
+	return len(b.X509Authorities())
 }
 
 func current(t *testing.T, src *workloadapi.X509Source) *x509.Certificate {

@@ -82,7 +82,7 @@ type WorkloadAPI struct {
 }
 
 // HTTPSocketName is the HTTP API socket's file name in the SDS socket's directory.
-const HTTPSocketName = "workload-api-http.sock"
+const HTTPSocketName = "http.sock"
 
 // HTTPSocketPath is where the HTTP API listens, "" for nowhere.
 func (c *Config) HTTPSocketPath() string {

@@ -154,7 +154,7 @@ func TestAttestation(t *testing.T) {
 func TestHTTPSocketSitsNextToTheSDSSocket(t *testing.T) {
 	c := valid(t)
 	c.Socket = "/var/run/secrets/workload-spiffe-uds/socket"
-	if got := c.HTTPSocketPath(); got != "/var/run/secrets/workload-spiffe-uds/workload-api-http.sock" {
+	if got := c.HTTPSocketPath(); got != "/var/run/secrets/workload-spiffe-uds/http.sock" {
 		t.Fatalf("default http socket %q", got)
 	}
 	c.WorkloadAPI.HTTPSocket = "-"

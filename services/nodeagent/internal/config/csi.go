@@ -51,5 +51,15 @@ func (c *CSI) Validate() error {
 	if c.DriverName == "" {
 		errs = append(errs, errors.New("-csi-driver-name is required with -csi-endpoint"))
 	}
+	// The longest per-pod socket path, <state>/pods/<uid>/sock/http.sock, must fit a Unix socket
+	// address (108 bytes with its NUL); the kubelet's default directory leaves 9 bytes spare.
+	longest := filepath.Join(c.State(), "pods", "00000000-0000-0000-0000-000000000000", "sock", HTTPSocketName)
+	if len(longest) > maxUnixSocketPath {
+		errs = append(errs, fmt.Errorf("-csi-state-dir %q is too long: a pod's socket would be %s (%d bytes), a Unix socket path has at most %d",
+			c.State(), longest, len(longest), maxUnixSocketPath))
+	}
 	return errors.Join(errs...)
 }
+
+// maxUnixSocketPath is the longest path a Unix socket can be bound to on Linux.
+const maxUnixSocketPath = 107

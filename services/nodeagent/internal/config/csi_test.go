@@ -32,3 +32,14 @@ func TestCSIRejectsRelativePaths(t *testing.T) {
 		}
 	}
 }
+
+// The kubelet cannot mount a volume whose socket the agent cannot bind: a state directory so long
+// that a pod's socket path would not fit a Unix socket address is refused at start.
+func TestCSIRefusesAStateDirTooLongForPodSockets(t *testing.T) {
+	c := valid(t)
+	c.CSI.Endpoint = "/var/lib/kubelet/plugins/csi.portcullis.io/csi.sock"
+	c.CSI.StateDir = "/var/lib/kubelet/plugins/a-rather-long-driver-name.portcullis.example.com"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "-csi-state-dir") || !strings.Contains(err.Error(), "too long") {
+		t.Fatalf("Validate = %v; want the state directory refused as too long", err)
+	}
+}
