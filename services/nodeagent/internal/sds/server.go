@@ -25,6 +25,7 @@ import (
 
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/keysecrets"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
 
@@ -83,6 +84,8 @@ type Config struct {
 	// Started tells the stream limits that a resumed stream is under way, as a first request
 	// would (sdslimits.Started); nil if there are no limits.
 	Started func(ctx context.Context)
+	// KeySecrets serves KeySecret resources (names under KeySecretPrefix); nil serves none.
+	KeySecrets KeySecrets
 }
 
 // Server implements secretv3.SecretDiscoveryServiceServer.
@@ -90,6 +93,7 @@ type Server struct {
 	secretv3.UnimplementedSecretDiscoveryServiceServer
 	cfg      Config
 	rendered renderCache
+	keys     keyRenderer
 }
 
 // New returns a Server.
@@ -128,6 +132,12 @@ func (s *Server) toStatus(err error) error {
 		if code == codes.Unknown || code == codes.OK {
 			code = codes.PermissionDenied
 		}
+	case errors.Is(err, keysecrets.ErrForbidden):
+		code = codes.PermissionDenied
+	case errors.Is(err, keysecrets.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, keysecrets.ErrTooLarge):
+		code = codes.FailedPrecondition
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):

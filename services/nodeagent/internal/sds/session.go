@@ -74,6 +74,9 @@ func serveSession[R request](s *Server, ctx context.Context, recv func() (R, err
 	mu.Lock() // a push can only start once sub is set
 	sub = s.cfg.Secrets.SubscribeFunc(caller.ID, push)
 	mu.Unlock()
+	if s.cfg.KeySecrets != nil {
+		defer s.cfg.KeySecrets.SubscribeFunc(push)()
+	}
 	defer func() {
 		s.cfg.Secrets.Unsubscribe(sub)
 		mu.Lock()
