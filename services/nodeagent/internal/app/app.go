@@ -168,7 +168,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		Secrets: manager, Logger: a.logger, Observe: m, Callers: limits,
 		PeerIdentifies: identity.Mode(a.cfg.WorkloadAttestation) != identity.ModeToken,
 		ResumeAfter:    a.cfg.SDS.ResumeAfter, Remembered: manager, Started: sdslimits.Started, Peer: peer,
-		KeySecrets:     keyStore,
+		KeySecrets: keyStore,
 	})
 	lis, err := a.listenSocket()
 	if err != nil {
