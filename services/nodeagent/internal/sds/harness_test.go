@@ -36,6 +36,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/keysecrets"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sdslimits"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
@@ -75,6 +76,8 @@ type harness struct {
 	obs     *observer
 	socket  string
 	client  *sdsclient.Client
+	// keys is the node's KeySecret view, served when options.keySecrets is set.
+	keys *mcpclient.KeySecrets
 }
 
 type options struct {
@@ -84,6 +87,9 @@ type options struct {
 	// credentials would), and silent streams are resumed after resumeAfter.
 	peer        *identity.Peer
 	resumeAfter time.Duration
+	// keySecrets serves KeySecrets from h.keys, with keySecretMaxBytes (0: the default).
+	keySecrets        bool
+	keySecretMaxBytes int
 }
 
 func newHarness(tb testing.TB, opt options) *harness {
@@ -120,6 +126,10 @@ func newHarness(tb testing.TB, opt options) *harness {
 	}
 
 	cfg := sds.Config{Auth: h.auth, Secrets: h.secrets, Logger: logger, Observe: h.obs}
+	if opt.keySecrets {
+		h.keys = mcpclient.NewKeySecrets()
+		cfg.KeySecrets = keysecrets.New(keysecrets.Config{KeySecrets: h.keys, Pods: h.pods, MaxBytes: opt.keySecretMaxBytes})
+	}
 	if opt.peer != nil {
 		p := *opt.peer
 		cfg.Peer = func(context.Context) identity.Peer { return p }
