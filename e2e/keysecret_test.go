@@ -1,9 +1,15 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -31,6 +37,9 @@ func TestKubernetesKeySecrets(t *testing.T) {
 	c, s := env.kube, env.stack
 	// cart-0 runs on web-0's node, in its namespace, but the selector (app=web) does not pick it.
 	createPod(t, c, "cart-0", "api", "node-a", map[string]string{"app": "cart"})
+	// web-1 keeps web-key on node-a when web-0 is relabelled: the agent, not mcp-sync's per-node
+	// filter, must then refuse web-0.
+	createPod(t, c, "web-1", "web", "node-a", map[string]string{"app": "web"})
 	webTok, webPod := podToken(t, c, "web-0")
 	cartTok, cartPod := podToken(t, c, "cart-0")
 	client, err := sdsclient.Dial(s.Socket("node-a"))
@@ -87,7 +96,7 @@ func TestKubernetesKeySecrets(t *testing.T) {
 		}
 		lat := make([]time.Duration, 0, edits)
 		for i := range edits {
-			want := fmt.Sprintf("edit-%d", i)
+			want := fmt.Sprintf("%s%d", materialMarker, i)
 			start := time.Now()
 			editKeySecret(t, c, "web-key", map[string]string{"token": want})
 			for { // a push per edit; the loop only guards against an unrelated pod push
@@ -122,7 +131,7 @@ func TestKubernetesKeySecrets(t *testing.T) {
 			t.Fatalf("the response after relabelling still holds %s", webKey)
 		}
 		_, err = client.Fetch(ctx, webNode, webCred, webKey)
-		if status.Code(err) != codes.PermissionDenied {
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "selector does not match") {
 			t.Fatalf("fetch after relabelling: %v, want PermissionDenied", err)
 		}
 		// Back in the selector: the open stream gets it again.
@@ -134,7 +143,69 @@ func TestKubernetesKeySecrets(t *testing.T) {
 			t.Fatal("relabelled back, the stream did not get the KeySecret again")
 		}
 	})
+
+	t.Run("deleting the KeySecret takes it away", func(t *testing.T) {
+		if err := c.Dynamic.Resource(keySecretResource).Namespace("shop").Delete(ctx, "web-key", metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := got[webKey]; ok {
+			t.Fatal("the response after the delete still holds the KeySecret")
+		}
+		if _, err := client.Fetch(ctx, webNode, webCred, webKey); status.Code(err) != codes.NotFound {
+			t.Fatalf("fetch after the delete: %v, want NotFound", err)
+		}
+	})
+
+	t.Run("the material is in no file and no metric of the stack", func(t *testing.T) {
+		// Every file the processes wrote: logs, the agents' state directories, certificates.
+		dir := filepath.Dir(filepath.Dir(filepath.Dir(s.Socket("node-a"))))
+		logs := 0
+		err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || !d.Type().IsRegular() {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			if bytes.Contains(b, []byte(materialMarker)) {
+				t.Errorf("%s holds KeySecret material", path)
+			}
+			if filepath.Ext(path) == ".log" {
+				logs++
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if logs < 4 {
+			t.Fatalf("scanned %d log files under %s, want those of mcp-sync, citadel and both agents", logs, dir)
+		}
+		resp, err := http.Get("http://" + s.Agent("node-a").Addr("admin") + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte("web-key")) || bytes.Contains(b, []byte(materialMarker)) {
+			t.Error("the agent's metrics name the KeySecret or hold its data")
+		}
+		if !bytes.Contains(b, []byte(`resource="keysecret"`)) {
+			t.Error(`the agent's metrics count no KeySecret pushes (resource="keysecret")`)
+		}
+	})
 }
+
+// materialMarker starts every value the test writes into the KeySecret, to find it anywhere.
+const materialMarker = "pc-keysecret-material-"
 
 func keyData(t *testing.T, s *tlsv3.Secret) map[string][]byte {
 	t.Helper()
