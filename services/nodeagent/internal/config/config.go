@@ -39,27 +39,25 @@ const (
 
 // Config is everything the agent needs to start.
 type Config struct {
-	NodeName   string
-	Socket     string
-	SocketMode string
-	SDS        SDSLimits
-	// KeySecretMaxBytes bounds the data of one KeySecret the agent serves (keysecrets.DefaultMaxBytes).
-	KeySecretMaxBytes int
-	CitadelAddr       string
-	MCPAddr           string
-	AdminListen       string
-	TokenIssuer       string
-	TokenAudience     string
-	TokenKeys         workloadtoken.KeySource
-	CertTTL           time.Duration
-	KeyType           string
-	RenewJitter       float64
-	BundleRefresh     time.Duration
-	TLS               servicetls.Files
-	NATS              events.ConnConfig
-	BundleJitter      time.Duration
-	RotateJitter      time.Duration
-	Attest            Attest
+	NodeName      string
+	Socket        string
+	SocketMode    string
+	SDS           SDSLimits
+	CitadelAddr   string
+	MCPAddr       string
+	AdminListen   string
+	TokenIssuer   string
+	TokenAudience string
+	TokenKeys     workloadtoken.KeySource
+	CertTTL       time.Duration
+	KeyType       string
+	RenewJitter   float64
+	BundleRefresh time.Duration
+	TLS           servicetls.Files
+	NATS          events.ConnConfig
+	BundleJitter  time.Duration
+	RotateJitter  time.Duration
+	Attest        Attest
 	// CSI makes the agent a CSI driver of per-pod sockets (package csi).
 	CSI CSI
 	// WorkloadAttestation is how callers on the shared socket are identified (identity.Mode).
@@ -72,6 +70,8 @@ type Config struct {
 	State State
 	// WorkloadAPI configures the SPIFFE Workload API (package workloadapi).
 	WorkloadAPI WorkloadAPI
+	// KeySecretMaxBytes bounds the data of one KeySecret the agent serves (keysecrets.DefaultMaxBytes).
+	KeySecretMaxBytes int
 }
 
 // WorkloadAPI configures the SPIFFE Workload API, served on the SDS socket, and its HTTP form.
