@@ -18,9 +18,11 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
+	"github.com/portcullis-mesh/portcullis/libs/attestedpod"
 	"github.com/portcullis-mesh/portcullis/libs/sdsclient"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
 )
 
@@ -259,4 +261,18 @@ func TestKeySecretDeltaRemoval(t *testing.T) {
 	}
 	_, err = st.Recv()
 	requireCode(t, err, codes.NotFound)
+}
+
+// A caller that the connection identifies (a per-pod socket) and that sends no token is
+// authorized the same way: by its pod's labels.
+func TestKeySecretForPerPodSocketCallers(t *testing.T) {
+	for _, tc := range []struct {
+		w    workloadtoken.Workload
+		want codes.Code
+	}{{web, codes.OK}, {cart, codes.PermissionDenied}} {
+		peer := &identity.Peer{SocketPod: &attestedpod.Ref{Namespace: tc.w.Namespace, Name: tc.w.PodName, UID: tc.w.PodUID}}
+		h := newKeyHarness(t, options{peer: peer})
+		_, err := h.client.Fetch(testCtx(t), "sidecar", sdsclient.Credential{}, webKeyName)
+		requireCode(t, err, tc.want)
+	}
 }
