@@ -200,14 +200,14 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 			Conn: mcpConn, NodeID: a.cfg.NodeName, TypeURL: mcpclient.PodTypeURL, Apply: pods, Logger: a.logger,
 		})
 	})
+	g.Go(func() error { return manager.Run(ctx) })
+	httpSrv := a.httpServer(wapi)
+	g.Go(func() error { return a.serveHTTP(ctx, httpSrv) })
 	g.Go(func() error {
 		return mcpclient.Watch(ctx, mcpclient.Config{
 			Conn: mcpConn, NodeID: a.cfg.NodeName, TypeURL: mcpclient.KeySecretTypeURL, Apply: keyView, Logger: a.logger,
 		})
 	})
-	g.Go(func() error { return manager.Run(ctx) })
-	httpSrv := a.httpServer(wapi)
-	g.Go(func() error { return a.serveHTTP(ctx, httpSrv) })
 	if a.cfg.NATS.Enabled() {
 		if err := a.followEvents(ctx, g, manager, wapi.bundles); err != nil {
 			return err

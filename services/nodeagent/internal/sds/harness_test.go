@@ -81,15 +81,15 @@ type harness struct {
 }
 
 type options struct {
+	// keySecrets serves KeySecrets from h.keys, with keySecretMaxBytes (0: the default).
+	keySecrets        bool
+	keySecretMaxBytes int
 	unsynced bool              // do not apply the pod view yet
 	limits   *sdslimits.Config // serve with these limits (on the harness's clock and observer)
 	// peer, if set, is what every connection says of its caller (as a per-pod socket or peer
 	// credentials would), and silent streams are resumed after resumeAfter.
 	peer        *identity.Peer
 	resumeAfter time.Duration
-	// keySecrets serves KeySecrets from h.keys, with keySecretMaxBytes (0: the default).
-	keySecrets        bool
-	keySecretMaxBytes int
 }
 
 func newHarness(tb testing.TB, opt options) *harness {
@@ -126,14 +126,14 @@ func newHarness(tb testing.TB, opt options) *harness {
 	}
 
 	cfg := sds.Config{Auth: h.auth, Secrets: h.secrets, Logger: logger, Observe: h.obs}
-	if opt.keySecrets {
-		h.keys = mcpclient.NewKeySecrets()
-		cfg.KeySecrets = keysecrets.New(keysecrets.Config{KeySecrets: h.keys, Pods: h.pods, MaxBytes: opt.keySecretMaxBytes})
-	}
 	if opt.peer != nil {
 		p := *opt.peer
 		cfg.Peer = func(context.Context) identity.Peer { return p }
 		cfg.ResumeAfter, cfg.Remembered, cfg.Started = opt.resumeAfter, h.manager, sdslimits.Started
+	}
+	if opt.keySecrets {
+		h.keys = mcpclient.NewKeySecrets()
+		cfg.KeySecrets = keysecrets.New(keysecrets.Config{KeySecrets: h.keys, Pods: h.pods, MaxBytes: opt.keySecretMaxBytes})
 	}
 	var opts []grpc.ServerOption
 	if opt.limits != nil {

@@ -34,10 +34,10 @@ func checkName(caller identity.Caller, name string) error {
 	switch {
 	case name == DefaultName, name == RootCAName, name == caller.ID.String():
 		return nil
-	case strings.HasPrefix(name, KeySecretPrefix):
-		return nil // authorized when built, against the pod's labels of the moment (keysecret.go)
 	case strings.HasPrefix(name, "spiffe://"):
 		return fmt.Errorf("%w: %q; this stream is authenticated as %s", errForeignName, name, caller.ID)
+	case strings.HasPrefix(name, KeySecretPrefix):
+		return nil // authorized when built, against the pod's labels of the moment (keysecret.go)
 	}
 	return fmt.Errorf("%w %q: this agent serves %q, %q and the caller's SPIFFE ID %q",
 		errUnknownName, name, DefaultName, RootCAName, caller.ID)

@@ -70,6 +70,8 @@ type Config struct {
 	Observe Observer
 	// Callers limits open streams per pod; nil means no limit.
 	Callers CallerLimiter
+	// KeySecrets serves KeySecret resources (names under KeySecretPrefix); nil serves none.
+	KeySecrets KeySecrets
 	// Peer tells what the connection of a stream says about the caller (per-pod socket, peer
 	// credentials); nil means nothing.
 	Peer func(ctx context.Context) identity.Peer
@@ -84,8 +86,6 @@ type Config struct {
 	// Started tells the stream limits that a resumed stream is under way, as a first request
 	// would (sdslimits.Started); nil if there are no limits.
 	Started func(ctx context.Context)
-	// KeySecrets serves KeySecret resources (names under KeySecretPrefix); nil serves none.
-	KeySecrets KeySecrets
 }
 
 // Server implements secretv3.SecretDiscoveryServiceServer.

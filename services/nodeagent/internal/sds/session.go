@@ -74,15 +74,15 @@ func serveSession[R request](s *Server, ctx context.Context, recv func() (R, err
 	mu.Lock() // a push can only start once sub is set
 	sub = s.cfg.Secrets.SubscribeFunc(caller.ID, push)
 	mu.Unlock()
-	if s.cfg.KeySecrets != nil {
-		defer s.cfg.KeySecrets.SubscribeFunc(push)()
-	}
 	defer func() {
 		s.cfg.Secrets.Unsubscribe(sub)
 		mu.Lock()
 		ended = true
 		mu.Unlock()
 	}()
+	if s.cfg.KeySecrets != nil {
+		defer s.cfg.KeySecrets.SubscribeFunc(push)()
+	}
 	for req := first; ; {
 		mu.Lock()
 		err := pushErr
