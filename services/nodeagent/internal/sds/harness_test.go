@@ -84,6 +84,7 @@ type options struct {
 	// keySecrets serves KeySecrets from h.keys, with keySecretMaxBytes (0: the default).
 	keySecrets        bool
 	keySecretMaxBytes int
+
 	unsynced bool              // do not apply the pod view yet
 	limits   *sdslimits.Config // serve with these limits (on the harness's clock and observer)
 	// peer, if set, is what every connection says of its caller (as a per-pod socket or peer
