@@ -29,6 +29,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/citadelclient"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/config"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/keysecrets"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/rotationevents"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
@@ -125,6 +126,9 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 
 	m := metrics.New(a.reg)
 	pods := mcpclient.NewPods()
+	// KeySecrets live in memory only: never in the state store, never logged (keysecrets).
+	keyView := mcpclient.NewKeySecrets()
+	keyStore := keysecrets.New(keysecrets.Config{KeySecrets: keyView, Pods: pods, MaxBytes: a.cfg.KeySecretMaxBytes})
 	keyType, _ := secrets.ParseKeyType(a.cfg.KeyType) // validated in config
 	citadel := citadelclient.New(citadelConn)
 	store, err := a.openStore()
@@ -164,6 +168,7 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 		Secrets: manager, Logger: a.logger, Observe: m, Callers: limits,
 		PeerIdentifies: identity.Mode(a.cfg.WorkloadAttestation) != identity.ModeToken,
 		ResumeAfter:    a.cfg.SDS.ResumeAfter, Remembered: manager, Started: sdslimits.Started, Peer: peer,
+		KeySecrets: keyStore,
 	})
 	lis, err := a.listenSocket()
 	if err != nil {
@@ -198,6 +203,11 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 	g.Go(func() error { return manager.Run(ctx) })
 	httpSrv := a.httpServer(wapi)
 	g.Go(func() error { return a.serveHTTP(ctx, httpSrv) })
+	g.Go(func() error {
+		return mcpclient.Watch(ctx, mcpclient.Config{
+			Conn: mcpConn, NodeID: a.cfg.NodeName, TypeURL: mcpclient.KeySecretTypeURL, Apply: keyView, Logger: a.logger,
+		})
+	})
 	if a.cfg.NATS.Enabled() {
 		if err := a.followEvents(ctx, g, manager, wapi.bundles); err != nil {
 			return err

@@ -16,6 +16,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/keysecrets"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
 
@@ -69,6 +70,8 @@ type Config struct {
 	State State
 	// WorkloadAPI configures the SPIFFE Workload API (package workloadapi).
 	WorkloadAPI WorkloadAPI
+	// KeySecretMaxBytes bounds the data of one KeySecret the agent serves (keysecrets.DefaultMaxBytes).
+	KeySecretMaxBytes int
 }
 
 // WorkloadAPI configures the SPIFFE Workload API, served on the SDS socket, and its HTTP form.
@@ -145,6 +148,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.NATS.RegisterFlags(fs)
 	fs.DurationVar(&c.BundleJitter, "bundle-jitter", 250*time.Millisecond, "spread of trust bundle refetches after a bundle event, so a fleet does not reach citadel at once")
 	fs.DurationVar(&c.RotateJitter, "rotate-jitter", 2*time.Minute, "spread of re-issues after a CA activation or a forced rotation (revocations are acted on at once)")
+	fs.IntVar(&c.KeySecretMaxBytes, "keysecret-max-bytes", keysecrets.DefaultMaxBytes,
+		"largest KeySecret (sum of its data keys and values) served over SDS; a larger one is refused with FailedPrecondition")
 	fs.DurationVar(&c.SDS.ResumeAfter, "sds-resume-after", 2*time.Second,
 		"a stream whose connection identifies its caller (per-pod socket, peer credentials) and that asks for nothing this long is answered with what its identity asked for before, as sidecars that reconnect without asking again (MOSN) need; 0 disables")
 	fs.DurationVar(&c.SDS.FirstRequestTimeout, "sds-first-request-timeout", DefaultSDSFirstRequestTimeout, "an SDS stream that sends no request this long after opening is ended")
@@ -211,8 +216,15 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("-sds-first-request-timeout (%s), -sds-max-unauthenticated-streams (%d), -sds-max-streams-per-conn (%d) and -sds-max-streams-per-pod (%d) must be positive",
 			c.SDS.FirstRequestTimeout, c.SDS.MaxUnauthenticated, c.SDS.MaxStreamsPerConn, c.SDS.MaxStreamsPerPod))
 	}
+	if c.KeySecretMaxBytes <= 0 || c.KeySecretMaxBytes > MaxKeySecretBytes {
+		errs = append(errs, fmt.Errorf("-keysecret-max-bytes %d out of range [1, %d]", c.KeySecretMaxBytes, MaxKeySecretBytes))
+	}
 	return errors.Join(errs...)
 }
+
+// MaxKeySecretBytes caps -keysecret-max-bytes: mcp-sync sends a node's KeySecrets in one MCP
+// message, which gRPC limits to 4 MiB by default, and an API server object to ~1.5 MiB.
+const MaxKeySecretBytes = 1 << 20
 
 // Mode is the parsed -socket-mode; only owner and group bits are allowed.
 func (c *Config) Mode() (os.FileMode, error) {

@@ -4,6 +4,7 @@ package metrics
 
 import (
 	"crypto/x509"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -113,6 +114,9 @@ func (m *Metrics) BundleChanged(roots []*x509.Certificate) {
 func resourceLabel(name string) string {
 	if name == "ROOTCA" {
 		return name
+	}
+	if strings.HasPrefix(name, "key/") {
+		return "keysecret" // KeySecrets are counted together, never by name
 	}
 	return "default"
 }

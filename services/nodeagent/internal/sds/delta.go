@@ -15,6 +15,7 @@ func (s *Server) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSecret
 	subscribed := map[string]bool{}
 	var sentVersions map[string]string // what the client holds, by name
 	var sent uint64
+	var added []string // the names the current request subscribed to
 	return serveSession(s, stream.Context(), stream.Recv, func(caller identity.Caller, req *discovery.DeltaDiscoveryRequest) error {
 		if sentVersions == nil {
 			sentVersions = map[string]string{}
@@ -29,16 +30,18 @@ func (s *Server) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSecret
 			if err := checkNames(caller, req.GetResourceNamesSubscribe()); err != nil {
 				return s.toStatus(err)
 			}
-			added := false
+			added = added[:0]
 			for _, n := range req.GetResourceNamesSubscribe() {
-				added = added || !subscribed[n]
+				if !subscribed[n] {
+					added = append(added, n)
+				}
 				subscribed[n] = true
 			}
 			for _, n := range req.GetResourceNamesUnsubscribe() {
 				delete(subscribed, n)
 				delete(sentVersions, n)
 			}
-			if !added {
+			if len(added) == 0 {
 				// An ACK, NACK or unsubscription: nothing to send; changes arrive on the subscription.
 				return nil
 			}
@@ -48,13 +51,23 @@ func (s *Server) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSecret
 		if err != nil {
 			return s.toStatus(err)
 		}
+		if err := refusal(res, added); err != nil {
+			return s.toStatus(err)
+		}
+		added = added[:0]
 		resp := &discovery.DeltaDiscoveryResponse{TypeUrl: SecretTypeURL}
 		for _, n := range names {
+			if res[n].res == nil { // a KeySecret taken away (keysecret.go)
+				if _, held := sentVersions[n]; held {
+					resp.RemovedResources = append(resp.RemovedResources, n)
+				}
+				continue
+			}
 			if sentVersions[n] != res[n].version {
 				resp.Resources = append(resp.Resources, &discovery.Resource{Name: n, Version: res[n].version, Resource: res[n].res})
 			}
 		}
-		if len(resp.Resources) == 0 {
+		if len(resp.Resources) == 0 && len(resp.RemovedResources) == 0 {
 			return nil
 		}
 		sent++
@@ -66,6 +79,9 @@ func (s *Server) DeltaSecrets(stream secretv3.SecretDiscoveryService_DeltaSecret
 		for _, r := range resp.Resources {
 			sentVersions[r.Name] = r.Version
 			s.cfg.Observe.Pushed(r.Name)
+		}
+		for _, n := range resp.RemovedResources {
+			delete(sentVersions, n)
 		}
 		return nil
 	})

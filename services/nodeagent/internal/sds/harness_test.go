@@ -36,6 +36,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/keysecrets"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sds"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/sdslimits"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
@@ -75,9 +76,15 @@ type harness struct {
 	obs     *observer
 	socket  string
 	client  *sdsclient.Client
+	// keys is the node's KeySecret view, served when options.keySecrets is set.
+	keys *mcpclient.KeySecrets
 }
 
 type options struct {
+	// keySecrets serves KeySecrets from h.keys, with keySecretMaxBytes (0: the default).
+	keySecrets        bool
+	keySecretMaxBytes int
+
 	unsynced bool              // do not apply the pod view yet
 	limits   *sdslimits.Config // serve with these limits (on the harness's clock and observer)
 	// peer, if set, is what every connection says of its caller (as a per-pod socket or peer
@@ -124,6 +131,10 @@ func newHarness(tb testing.TB, opt options) *harness {
 		p := *opt.peer
 		cfg.Peer = func(context.Context) identity.Peer { return p }
 		cfg.ResumeAfter, cfg.Remembered, cfg.Started = opt.resumeAfter, h.manager, sdslimits.Started
+	}
+	if opt.keySecrets {
+		h.keys = mcpclient.NewKeySecrets()
+		cfg.KeySecrets = keysecrets.New(keysecrets.Config{KeySecrets: h.keys, Pods: h.pods, MaxBytes: opt.keySecretMaxBytes})
 	}
 	var opts []grpc.ServerOption
 	if opt.limits != nil {

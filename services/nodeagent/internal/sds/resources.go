@@ -36,6 +36,8 @@ func checkName(caller identity.Caller, name string) error {
 		return nil
 	case strings.HasPrefix(name, "spiffe://"):
 		return fmt.Errorf("%w: %q; this stream is authenticated as %s", errForeignName, name, caller.ID)
+	case strings.HasPrefix(name, KeySecretPrefix):
+		return nil // authorized when built, against the pod's labels of the moment (keysecret.go)
 	}
 	return fmt.Errorf("%w %q: this agent serves %q, %q and the caller's SPIFFE ID %q",
 		errUnknownName, name, DefaultName, RootCAName, caller.ID)
@@ -45,6 +47,8 @@ func checkName(caller identity.Caller, name string) error {
 type built struct {
 	res     *anypb.Any
 	version string
+	// refused, if set, is why the caller may not have this resource now (res is nil).
+	refused error
 }
 
 // build renders the named resources for caller, fetching or issuing what is missing. What was
@@ -52,6 +56,10 @@ type built struct {
 func (s *Server) build(ctx context.Context, caller identity.Caller, names []string) (map[string]built, error) {
 	out := make(map[string]built, len(names))
 	for _, name := range names {
+		if strings.HasPrefix(name, KeySecretPrefix) {
+			out[name] = s.keySecret(ctx, caller, name)
+			continue
+		}
 		var (
 			b   built
 			err error

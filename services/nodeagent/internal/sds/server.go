@@ -25,6 +25,7 @@ import (
 
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/keysecrets"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
 )
 
@@ -69,6 +70,8 @@ type Config struct {
 	Observe Observer
 	// Callers limits open streams per pod; nil means no limit.
 	Callers CallerLimiter
+	// KeySecrets serves KeySecret resources (names under KeySecretPrefix); nil serves none.
+	KeySecrets KeySecrets
 	// Peer tells what the connection of a stream says about the caller (per-pod socket, peer
 	// credentials); nil means nothing.
 	Peer func(ctx context.Context) identity.Peer
@@ -90,6 +93,7 @@ type Server struct {
 	secretv3.UnimplementedSecretDiscoveryServiceServer
 	cfg      Config
 	rendered renderCache
+	keys     keyRenderer
 }
 
 // New returns a Server.
@@ -128,6 +132,12 @@ func (s *Server) toStatus(err error) error {
 		if code == codes.Unknown || code == codes.OK {
 			code = codes.PermissionDenied
 		}
+	case errors.Is(err, keysecrets.ErrForbidden):
+		code = codes.PermissionDenied
+	case errors.Is(err, keysecrets.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, keysecrets.ErrTooLarge):
+		code = codes.FailedPrecondition
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):

@@ -80,6 +80,9 @@ func serveSession[R request](s *Server, ctx context.Context, recv func() (R, err
 		ended = true
 		mu.Unlock()
 	}()
+	if s.cfg.KeySecrets != nil {
+		defer s.cfg.KeySecrets.SubscribeFunc(push)()
+	}
 	for req := first; ; {
 		mu.Lock()
 		err := pushErr

@@ -19,7 +19,8 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 		names       []string
 		sentVersion string
 		sent        uint64
-		resumed     bool // answered before it asked (resume.go)
+		resumed     bool     // answered before it asked (resume.go)
+		added       []string // the names the current request added
 	)
 	return serveSession(s, stream.Context(), s.resumingRecv(stream.Context(), stream.Recv), func(caller identity.Caller, req *discovery.DiscoveryRequest) error {
 		if req == resumeRequest {
@@ -41,9 +42,11 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 				names, resumed, sentVersion = nil, false, ""
 			}
 			grew := false
+			added = added[:0]
 			for _, n := range req.GetResourceNames() {
 				if !slices.Contains(names, n) {
 					names, grew = append(names, n), true
+					added = append(added, n)
 				}
 			}
 			if len(names) == 0 {
@@ -60,20 +63,28 @@ func (s *Server) StreamSecrets(stream secretv3.SecretDiscoveryService_StreamSecr
 		if err != nil {
 			return s.toStatus(err)
 		}
+		if err := refusal(res, added); err != nil {
+			return s.toStatus(err)
+		}
+		added = added[:0]
 		v := sotwVersion(names, res)
 		if v == sentVersion {
 			return nil
 		}
 		resp := &discovery.DiscoveryResponse{VersionInfo: v, TypeUrl: SecretTypeURL, Nonce: nonce(sent + 1)}
 		for _, n := range names {
-			resp.Resources = append(resp.Resources, res[n].res)
+			if res[n].res != nil { // a KeySecret taken away: omitted (keysecret.go)
+				resp.Resources = append(resp.Resources, res[n].res)
+			}
 		}
 		if err := stream.Send(resp); err != nil {
 			return err
 		}
 		sent, sentVersion = sent+1, v
 		for _, n := range names {
-			s.cfg.Observe.Pushed(n)
+			if res[n].res != nil {
+				s.cfg.Observe.Pushed(n)
+			}
 		}
 		return nil
 	})
@@ -100,6 +111,9 @@ func (s *Server) FetchSecrets(ctx context.Context, req *discovery.DiscoveryReque
 	}
 	res, err := s.build(ctx, caller, names)
 	if err != nil {
+		return nil, s.toStatus(err)
+	}
+	if err := refusal(res, names); err != nil {
 		return nil, s.toStatus(err)
 	}
 	resp := &discovery.DiscoveryResponse{VersionInfo: sotwVersion(names, res), TypeUrl: SecretTypeURL}
