@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"slices"
 	"sort"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/mcpclient"
 	"github.com/portcullis-mesh/portcullis/libs/sdsclient"
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
+	"github.com/portcullis-mesh/portcullis/tools/stack"
 )
 
 // gatewayPKI issues server certificates for a gateway Secret from one test CA.
@@ -274,6 +276,10 @@ subjects:
 			}
 			if sn := servedSerial(t, got["kubernetes://gw-tls"]); sn.Cmp(good) != 0 {
 				t.Fatalf("after a %s edit the agent serves serial %s, want the last good %s", bad.reason, sn, good)
+			}
+			reason := strings.TrimPrefix(bad.reason, "GatewayCertificate")
+			if v := metric(t, s.Process(stack.MCPSync), `mcp_sync_gateway_certificates_rejected_total{reason="`+reason+`"}`); v != "1" {
+				t.Errorf("rejected metric for %s = %s, want 1", reason, v)
 			}
 		}
 		// The next good edit is the next push on the stream: nothing was pushed for the bad ones.
