@@ -61,7 +61,7 @@ func (c *Config) Validate() error {
 	if c.Resync <= 0 {
 		errs = append(errs, fmt.Errorf("-resync must be positive, got %s", c.Resync))
 	}
-	if c.GatewayReviewTTL <= 0 {
+	if c.Source == "kube" && c.GatewayCertificates && c.GatewayReviewTTL <= 0 {
 		errs = append(errs, fmt.Errorf("-gateway-review-ttl must be positive, got %s", c.GatewayReviewTTL))
 	}
 	errs = append(errs, c.TLS.Validate())
