@@ -178,7 +178,7 @@ func unselectedInformerHeap(b *testing.B, c *kubetest.Cluster) float64 {
 	return mib
 }
 
-func waitFor(b *testing.B, rec *recorder, cond func() bool) {
+func waitFor(b testing.TB, rec *recorder, cond func() bool) {
 	b.Helper()
 	deadline := time.After(30 * time.Second)
 	for !cond() {
@@ -190,7 +190,7 @@ func waitFor(b *testing.B, rec *recorder, cond func() bool) {
 	}
 }
 
-func benchPair(b *testing.B, serial int64) (crtPEM, keyPEM []byte) {
+func benchPair(b testing.TB, serial int64) (crtPEM, keyPEM []byte) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		b.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -163,6 +164,16 @@ func (c *Controller) Run(ctx context.Context) error {
 			s.ManagedFields, s.Annotations = nil, nil // kubectl's last-applied copy would double the data
 		}
 		return obj, nil
+	}); err != nil {
+		return fmt.Errorf("secret informer: %w", err)
+	}
+	if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) {
+		if apierrors.IsForbidden(err) {
+			c.cfg.Logger.Error("rbac: mcp-sync is forbidden to list and watch secrets cluster-wide; gateway certificates need verbs list, watch on secrets "+
+				"(the chart's ClusterRole portcullis-mcp-sync grants them), or run with -gateway-certificates=false", "err", err)
+			return
+		}
+		c.cfg.Logger.Warn("secret watch failed, serving the last gateway certificates and retrying", "err", err)
 	}); err != nil {
 		return fmt.Errorf("secret informer: %w", err)
 	}
