@@ -24,6 +24,7 @@ import (
 
 	core "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	mcpv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/mcp/v1"
@@ -84,7 +85,8 @@ func (s *Store) Apply(resources []*anypb.Any) error {
 		if err != nil {
 			s.logger.Warn("gateway certificate refused, keeping the last good one", "name", gc.GetName(), "err", err)
 			if old, ok := s.certs[gc.GetName()]; ok {
-				next[gc.GetName()] = old
+				// The old material, but the new allowed list: a revocation still applies.
+				next[gc.GetName()] = old.withAllowed(gc.GetAllowedServiceAccounts())
 			}
 			continue
 		}
@@ -126,6 +128,19 @@ func newEntry(gc *mcpv1.GatewayCertificate) (*entry, error) {
 		e.allowed[sa] = true
 	}
 	return e, nil
+}
+
+func (e *entry) withAllowed(allowed []string) *entry {
+	if slices.Equal(e.gc.GetAllowedServiceAccounts(), allowed) {
+		return e
+	}
+	gc := proto.Clone(e.gc).(*mcpv1.GatewayCertificate)
+	gc.AllowedServiceAccounts = allowed
+	out := &entry{gc: gc, allowed: map[string]bool{}, digest: e.digest}
+	for _, sa := range allowed {
+		out.allowed[sa] = true
+	}
+	return out
 }
 
 // Subscribe calls f (on its own goroutine) after every change; cancel stops it.

@@ -130,8 +130,17 @@ func TestStoreServesAllowedCallersAndKeepsLastGood(t *testing.T) {
 	if _, v := served(t, s, "kubernetes://gw-tls", "shop", "gateway"); v != ver1 {
 		t.Fatal("a certificate with a mismatched key replaced the last good one")
 	}
+	// A broken update that also revokes a service account: the revocation applies.
+	apply(resource(t, "gw-tls", broken, ca.crt, "shop/gateway"))
+	<-changes
+	if _, _, err := s.Secret("kubernetes://shop/gw-tls", "edge", "ingress"); !errors.Is(err, ErrNotAllowed) {
+		t.Fatalf("revoked edge/ingress: %v, want ErrNotAllowed", err)
+	}
+	if _, v := served(t, s, "kubernetes://gw-tls", "shop", "gateway"); v != ver1 {
+		t.Fatal("the last good certificate is not served after a broken update")
+	}
 	v2 := newPair(t, 3)
-	apply(resource(t, "gw-tls", v2, ca.crt, "shop/gateway", "edge/ingress"))
+	apply(resource(t, "gw-tls", v2, ca.crt, "shop/gateway"))
 	<-changes
 	sec, ver2 := served(t, s, "kubernetes://gw-tls", "shop", "gateway")
 	if ver2 == ver1 || string(sec.GetTlsCertificate().GetCertificateChain().GetInlineBytes()) != string(v2.crt) {
