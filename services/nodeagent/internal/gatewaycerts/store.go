@@ -62,7 +62,10 @@ type entry struct {
 	digest  string // of chain, key and CA: the SDS version
 }
 
-type subscription struct{ f func() }
+type subscription struct {
+	account string // "<namespace>/<service account>" of the stream's caller
+	f       func()
+}
 
 // New returns an empty store.
 func New(logger *slog.Logger) *Store {
@@ -71,7 +74,9 @@ func New(logger *slog.Logger) *Store {
 
 // Apply takes the node's full set. A certificate that fails the agent's own checks keeps its
 // last good version (mcp-sync checks first; this guards against a broken or older mcp-sync).
-// Subscribers are told when anything changed.
+// Subscribers are told when a certificate their service account was or is allowed changed: a
+// rotation reaches the gateways' streams, a revocation too, and the node's other streams are
+// left alone.
 func (s *Store) Apply(resources []*anypb.Any) error {
 	next := make(map[string]*entry, len(resources))
 	s.mu.Lock()
@@ -92,15 +97,30 @@ func (s *Store) Apply(resources []*anypb.Any) error {
 		}
 		next[gc.GetName()] = e
 	}
-	changed := len(next) != len(s.certs)
+	affected := map[string]bool{}
+	touch := func(e *entry) {
+		for sa := range e.allowed {
+			affected[sa] = true
+		}
+	}
 	for name, e := range next {
-		if old, ok := s.certs[name]; !ok || old != e && (old.digest != e.digest || !slices.Equal(old.gc.GetAllowedServiceAccounts(), e.gc.GetAllowedServiceAccounts())) {
-			changed = true
+		old, ok := s.certs[name]
+		switch {
+		case !ok:
+			touch(e)
+		case old != e && (old.digest != e.digest || !slices.Equal(old.gc.GetAllowedServiceAccounts(), e.gc.GetAllowedServiceAccounts())):
+			touch(old)
+			touch(e)
+		}
+	}
+	for name, old := range s.certs {
+		if _, ok := next[name]; !ok {
+			touch(old)
 		}
 	}
 	s.certs = next
-	if changed {
-		for sub := range s.subs {
+	for sub := range s.subs {
+		if affected[sub.account] {
 			go sub.f() // pushes take the stream's lock; never under ours
 		}
 	}
@@ -143,9 +163,10 @@ func (e *entry) withAllowed(allowed []string) *entry {
 	return out
 }
 
-// Subscribe calls f (on its own goroutine) after every change; cancel stops it.
-func (s *Store) Subscribe(f func()) (cancel func()) {
-	sub := &subscription{f: f}
+// Subscribe calls f (on its own goroutine) after every change of a certificate that the service
+// account serviceAccount of namespace was or is allowed; cancel stops it.
+func (s *Store) Subscribe(namespace, serviceAccount string, f func()) (cancel func()) {
+	sub := &subscription{account: namespace + "/" + serviceAccount, f: f}
 	s.mu.Lock()
 	s.subs[sub] = struct{}{}
 	s.mu.Unlock()

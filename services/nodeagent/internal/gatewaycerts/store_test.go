@@ -85,7 +85,9 @@ func served(t *testing.T, s *Store, name, ns, sa string) (*tlsv3.Secret, string)
 func TestStoreServesAllowedCallersAndKeepsLastGood(t *testing.T) {
 	s := New(slog.New(slog.NewTextHandler(io.Discard, nil)))
 	changes := make(chan struct{}, 10)
-	cancel := s.Subscribe(func() { changes <- struct{}{} })
+	cancel := s.Subscribe("shop", "gateway", func() { changes <- struct{}{} })
+	others := make(chan struct{}, 10)
+	defer s.Subscribe("shop", "web", func() { others <- struct{}{} })()
 	defer cancel()
 	v1, ca := newPair(t, 1), newPair(t, 99)
 	apply := func(rs ...*anypb.Any) {
@@ -152,5 +154,9 @@ func TestStoreServesAllowedCallersAndKeepsLastGood(t *testing.T) {
 	<-changes
 	if _, _, err := s.Secret("kubernetes://gw-tls", "shop", "gateway"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("after withdrawal: %v, want ErrNotFound", err)
+	}
+	// shop/web was never allowed: none of this concerned its streams.
+	if n := len(others); n != 0 {
+		t.Fatalf("a service account never allowed was told of %d changes", n)
 	}
 }

@@ -17,8 +17,9 @@ type GatewayCertificates interface {
 	// Secret renders name for a caller in namespace running as serviceAccount, with its content
 	// version; errors wrap gatewaycerts.ErrNotFound, ErrNotAllowed or ErrBadName.
 	Secret(name, namespace, serviceAccount string) (*anypb.Any, string, error)
-	// Subscribe calls f after every change until cancel.
-	Subscribe(f func()) (cancel func())
+	// Subscribe calls f after every change of a certificate the service account was or is
+	// allowed, until cancel.
+	Subscribe(namespace, serviceAccount string, f func()) (cancel func())
 }
 
 func isGatewayName(name string) bool { return strings.HasPrefix(name, gatewaycerts.Prefix) }
@@ -40,10 +41,11 @@ func (s *Server) gateway(caller identity.Caller, name string) (built, error) {
 	return built{res: res, version: version}, nil
 }
 
-// subscribeGateways makes a stream's push run after every gateway certificate change.
-func (s *Server) subscribeGateways(push func()) (cancel func()) {
+// subscribeGateways makes a stream's push run after every change of a gateway certificate its
+// caller's service account was or is allowed (a rotation, a revocation).
+func (s *Server) subscribeGateways(caller identity.Caller, push func()) (cancel func()) {
 	if s.cfg.Gateways == nil {
 		return func() {}
 	}
-	return s.cfg.Gateways.Subscribe(push)
+	return s.cfg.Gateways.Subscribe(caller.Workload.Namespace, caller.Workload.ServiceAccount, push)
 }
