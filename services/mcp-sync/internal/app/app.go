@@ -5,15 +5,19 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
 
 	"github.com/portcullis-mesh/portcullis/libs/lifecycle"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/config"
+	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/gatewaycert"
 	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/server"
 	"github.com/portcullis-mesh/portcullis/services/mcp-sync/internal/snapshot"
@@ -34,6 +38,7 @@ type App struct {
 	source    source.Source
 	snapshots *snapshot.Manager
 	server    *server.Server
+	gateways  *gatewaycert.Controller // nil unless -source=kube and -gateway-certificates
 }
 
 // New builds every part; nothing listens or reads until Run.
@@ -66,6 +71,11 @@ func New(cfg config.Config, logger *slog.Logger) (*App, error) {
 		return nil, err
 	}
 	a := &App{cfg: cfg, logger: logger, metrics: m, source: src, snapshots: snaps, server: srv}
+	if cfg.Source == "kube" && cfg.GatewayCertificates {
+		if a.gateways, err = newGateways(cfg, logger, m, snaps); err != nil {
+			return nil, err
+		}
+	}
 	a.admin = lifecycle.Admin{Addr: cfg.AdminListen, Gatherer: reg, Ready: a.ready, Logger: logger}
 	logger.Info("configured", "source", cfg.Source, "identity", id.ID().String())
 	return a, nil
@@ -81,6 +91,9 @@ func (a *App) Run(ctx context.Context) error {
 	g.Go(func() error { return a.server.Serve(ctx, lis) })
 	g.Go(func() error { return a.admin.Run(ctx) })
 	g.Go(func() error { return a.source.Run(ctx, a.apply) })
+	if a.gateways != nil {
+		g.Go(func() error { return a.gateways.Run(ctx) })
+	}
 	return g.Wait()
 }
 
@@ -90,6 +103,9 @@ func (a *App) apply(u source.Update) {
 		a.logger.Error("updating snapshots, keeping the previous ones", "err", err)
 		a.metrics.SourceErrors.Inc()
 		return
+	}
+	if a.gateways != nil {
+		a.gateways.ObservePods(u)
 	}
 	a.server.SetReady()
 	// A full update is rare (start-up, file rescans); single changes are too frequent to log.
@@ -107,4 +123,22 @@ func (a *App) ready() error {
 		return errNotLoaded
 	}
 	return nil
+}
+
+// newGateways builds the gateway certificate controller with its own Kubernetes client (typed:
+// Secrets, Events, SubjectAccessReviews).
+func newGateways(cfg config.Config, logger *slog.Logger, m *metrics.Metrics, snaps *snapshot.Manager) (*gatewaycert.Controller, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client config: %w", err)
+	}
+	rc.UserAgent = "portcullis-mcp-sync"
+	client, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return gatewaycert.New(gatewaycert.Config{
+		Client: client, Snapshots: snaps, Logger: logger,
+		Rejected: m.GatewayRejected, Reviews: m.GatewayReviews, ReviewTTL: cfg.GatewayReviewTTL,
+	})
 }

@@ -20,7 +20,11 @@ type Config struct {
 	ManifestsDir string
 	Resync       time.Duration
 	Kubeconfig   string
-	TLS          servicetls.Files
+	// GatewayCertificates turns on the gateway certificate controller (-source=kube only).
+	GatewayCertificates bool
+	// GatewayReviewTTL is how long a SubjectAccessReview answer is reused.
+	GatewayReviewTTL time.Duration
+	TLS              servicetls.Files
 }
 
 // RegisterFlags binds the configuration to fs.
@@ -31,6 +35,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ManifestsDir, "manifests-dir", "", "directory of Kubernetes manifests (required for -source=file)")
 	fs.DurationVar(&c.Resync, "resync", 30*time.Second, "period of the file source's full rescan, a safety net for missed file events")
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig file for -source=kube; empty means the in-cluster service account")
+	fs.BoolVar(&c.GatewayCertificates, "gateway-certificates", true, "with -source=kube, serve the kubernetes.io/tls Secrets labelled portcullis.dev/gateway-certificate=true to the gateways allowed to read them")
+	fs.DurationVar(&c.GatewayReviewTTL, "gateway-review-ttl", time.Minute, "how long a SubjectAccessReview answer (may this service account get that Secret) is reused; a RoleBinding change takes effect within it")
 	c.TLS.RegisterFlags(fs)
 }
 
@@ -54,6 +60,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Resync <= 0 {
 		errs = append(errs, fmt.Errorf("-resync must be positive, got %s", c.Resync))
+	}
+	if c.Source == "kube" && c.GatewayCertificates && c.GatewayReviewTTL <= 0 {
+		errs = append(errs, fmt.Errorf("-gateway-review-ttl must be positive, got %s", c.GatewayReviewTTL))
 	}
 	errs = append(errs, c.TLS.Validate())
 	return errors.Join(errs...)

@@ -14,6 +14,8 @@ const (
 	StreamsName         = "mcp_sync_streams"
 	LastGoodLoadName    = "mcp_sync_last_good_load_timestamp_seconds"
 	MalformedName       = "mcp_sync_malformed_objects"
+	GatewayRejectedName = "mcp_sync_gateway_certificates_rejected_total"
+	GatewayReviewsName  = "mcp_sync_gateway_access_reviews_total"
 )
 
 // Label names and values.
@@ -25,12 +27,15 @@ const (
 	KindKeySecret      = "key_secret"
 	KindTLSPolicy      = "tls_policy"
 	KindScopeConfig    = "scope_config"
+	KindGatewayCert    = "gateway_certificate"
 	NamespaceLabel     = "namespace"
 	NameLabel          = "name"
+	ReasonLabel        = "reason"
+	ResultLabel        = "result"
 )
 
 // kindLabelValues are the kind label values by inventory.Kind.
-var kindLabelValues = []string{KindPod, KindServiceAccount, KindNamespace, KindKeySecret, KindTLSPolicy, KindScopeConfig}
+var kindLabelValues = []string{KindPod, KindServiceAccount, KindNamespace, KindKeySecret, KindTLSPolicy, KindScopeConfig, KindGatewayCert}
 
 // KindLabelValue is the kind label value of an inventory.Kind (passed as its int value, so that
 // this package stays a leaf).
@@ -46,6 +51,10 @@ type Metrics struct {
 	// Malformed is 1 for each object the source skips as malformed, by kind, namespace and name;
 	// the series goes away when the object is fixed or deleted.
 	Malformed *prometheus.GaugeVec
+	// GatewayRejected counts opted-in TLS Secrets refused (bad PEM, key mismatch, expired), by
+	// reason; GatewayReviews counts SubjectAccessReviews by result.
+	GatewayRejected *prometheus.CounterVec
+	GatewayReviews  *prometheus.CounterVec
 }
 
 // New creates the metrics and registers them on reg.
@@ -76,7 +85,15 @@ func New(reg prometheus.Registerer) *Metrics {
 		Name: MalformedName,
 		Help: "Objects skipped because they are malformed (1 per object), by kind, namespace and name.",
 	}, []string{KindLabel, NamespaceLabel, NameLabel})
-	reg.MustRegister(m.Objects, m.SourceErrors, m.SnapshotUpdates, m.Streams, m.LastGoodLoad, m.Malformed)
+	m.GatewayRejected = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: GatewayRejectedName,
+		Help: "Updates of opted-in kubernetes.io/tls Secrets refused (the last good version stays served), by reason.",
+	}, []string{ReasonLabel})
+	m.GatewayReviews = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: GatewayReviewsName,
+		Help: "SubjectAccessReviews asking whether a pod's service account may read a gateway certificate Secret, by result (allowed, denied, error).",
+	}, []string{ResultLabel})
+	reg.MustRegister(m.Objects, m.SourceErrors, m.SnapshotUpdates, m.Streams, m.LastGoodLoad, m.Malformed, m.GatewayRejected, m.GatewayReviews)
 	return m
 }
 

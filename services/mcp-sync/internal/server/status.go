@@ -15,7 +15,8 @@ const clusterNodeID = mcpclient.ClusterNodeID
 func servedType(typeURL string) bool {
 	switch typeURL {
 	case mcpclient.PodTypeURL, mcpclient.ServiceAccountTypeURL, mcpclient.NamespaceTypeURL,
-		mcpclient.KeySecretTypeURL, mcpclient.TLSPolicyTypeURL, mcpclient.ScopeConfigTypeURL:
+		mcpclient.KeySecretTypeURL, mcpclient.TLSPolicyTypeURL, mcpclient.ScopeConfigTypeURL,
+		mcpclient.GatewayCertificateTypeURL:
 		return true
 	}
 	return false

@@ -62,16 +62,19 @@ type Manager struct {
 	lastClusterBuild time.Time
 	nodes            map[string]*node
 	secrets          *secretIndex
+	gateways         *gatewayIndex
 	streams          map[string]int       // open streams by node ID
 	current          map[string]*Snapshot // what the cache holds, by node ID
 }
 
-// node is one node's share: its pods and the KeySecrets that select them.
+// node is one node's share: its pods, the KeySecrets that select them and the gateway
+// certificates their service accounts may read.
 type node struct {
-	pods    map[string]item
-	secrets map[string]int // KeySecret name -> pods on this node it selects
+	pods     map[string]item
+	secrets  map[string]int // KeySecret name -> pods on this node it selects
+	gateways map[string]int // gateway certificate name -> pods on this node allowed to read it
 	// The sets built from the above; nil when stale.
-	podSet, secretSet *typeSet
+	podSet, secretSet, gatewaySet *typeSet
 }
 
 // New returns a Manager with an empty cache.
@@ -86,13 +89,14 @@ func New(cfg Config) (*Manager, error) {
 		cfg: cfg,
 		// ads=true: the cache answers a request that names resources only once the view holds
 		// all of them, which keeps per-type responses consistent on aggregated streams.
-		cache:   cache.NewSnapshotCache(true, cache.IDHash{}, xdslog.New(cfg.Logger)),
-		nodes:   map[string]*node{},
-		secrets: newSecretIndex(),
-		streams: map[string]int{},
-		current: map[string]*Snapshot{},
-		allPods: emptySet,
-		epoch:   newEpoch(),
+		cache:    cache.NewSnapshotCache(true, cache.IDHash{}, xdslog.New(cfg.Logger)),
+		nodes:    map[string]*node{},
+		secrets:  newSecretIndex(),
+		gateways: newGatewayIndex(),
+		streams:  map[string]int{},
+		current:  map[string]*Snapshot{},
+		allPods:  emptySet,
+		epoch:    newEpoch(),
 	}
 	for k := range m.objects {
 		m.objects[k] = map[string]item{}
@@ -150,6 +154,9 @@ func (m *Manager) Apply(u inventory.Update) error {
 			present[c.kind][c.name] = true
 		}
 		for k := range m.objects {
+			if inventory.Kind(k) == inventory.GatewayCertificate {
+				continue // no source reports them: the gateway certificate controller applies them apart
+			}
 			for name := range m.objects[k] {
 				if !present[k][name] {
 					m.applyLocked(&d, change{kind: inventory.Kind(k), name: name})
@@ -217,13 +224,26 @@ func (m *Manager) applyLocked(d *dirty, c change) {
 				}
 			}
 		}
+	case inventory.GatewayCertificate:
+		oldGC, _ := oldObj.(*mcpv1.GatewayCertificate)
+		newGC, _ := newObj.(*mcpv1.GatewayCertificate)
+		m.gateways.setCert(oldGC, newGC, func(pod *mcpv1.Pod, delta int) { m.countGatewayLocked(d, pod, c.name, delta) })
+		if newGC != nil {
+			// A rotated certificate changes content without changing membership.
+			for nodeName, n := range m.nodes {
+				if n.gateways[c.name] > 0 {
+					n.gatewaySet = nil
+					d.nodes[nodeName] = true
+				}
+			}
+		}
 	}
 }
 
 func (m *Manager) node(name string) *node {
 	n := m.nodes[name]
 	if n == nil {
-		n = &node{pods: map[string]item{}, secrets: map[string]int{}}
+		n = &node{pods: map[string]item{}, secrets: map[string]int{}, gateways: map[string]int{}}
 		m.nodes[name] = n
 	}
 	return n
@@ -232,6 +252,7 @@ func (m *Manager) node(name string) *node {
 func (m *Manager) addPodLocked(d *dirty, it item) {
 	pod := it.resource.(*mcpv1.Pod)
 	m.secrets.addPod(pod)
+	m.gateways.addPod(pod)
 	// An unscheduled pod belongs to no node yet; only the cluster view has it.
 	if pod.GetNodeName() == "" {
 		return
@@ -243,11 +264,15 @@ func (m *Manager) addPodLocked(d *dirty, it item) {
 	for _, ks := range m.secrets.matching(pod) {
 		m.countSecretLocked(d, pod, ks, +1)
 	}
+	for _, gc := range m.gateways.matching(pod) {
+		m.countGatewayLocked(d, pod, gc, +1)
+	}
 }
 
 func (m *Manager) removePodLocked(d *dirty, it item) {
 	pod := it.resource.(*mcpv1.Pod)
 	m.secrets.removePod(pod)
+	m.gateways.removePod(pod)
 	n := m.nodes[pod.GetNodeName()]
 	if pod.GetNodeName() == "" || n == nil {
 		return
@@ -257,6 +282,9 @@ func (m *Manager) removePodLocked(d *dirty, it item) {
 	d.nodes[pod.GetNodeName()] = true
 	for _, ks := range m.secrets.matching(pod) {
 		m.countSecretLocked(d, pod, ks, -1)
+	}
+	for _, gc := range m.gateways.matching(pod) {
+		m.countGatewayLocked(d, pod, gc, -1)
 	}
 }
 
@@ -287,7 +315,7 @@ func (m *Manager) countSecretLocked(d *dirty, pod *mcpv1.Pod, ks string, delta i
 func (m *Manager) publishLocked(d *dirty, all bool) {
 	sharedChanged := all
 	for k := range m.shared {
-		if d.kinds[k] && k != int(inventory.Pod) && k != int(inventory.KeySecret) {
+		if d.kinds[k] && !perNode(inventory.Kind(k)) {
 			m.shared[k] = newTypeSet(m.objects[k])
 			sharedChanged = true
 		}
@@ -308,7 +336,7 @@ func (m *Manager) publishLocked(d *dirty, all bool) {
 			continue
 		}
 		n := m.nodes[name]
-		if n != nil && len(n.pods) == 0 && len(n.secrets) == 0 {
+		if n != nil && len(n.pods) == 0 && len(n.secrets) == 0 && len(n.gateways) == 0 {
 			delete(m.nodes, name)
 			n = nil
 		}
@@ -407,9 +435,10 @@ func (m *Manager) viewLocked(name string) *Snapshot {
 	if name == mcpclient.ClusterNodeID {
 		s.sets[inventory.Pod] = m.allPods
 		s.sets[inventory.KeySecret] = emptySet // secret data never goes to the cluster view
+		s.sets[inventory.GatewayCertificate] = emptySet
 		return s
 	}
-	s.sets[inventory.Pod], s.sets[inventory.KeySecret] = emptySet, emptySet
+	s.sets[inventory.Pod], s.sets[inventory.KeySecret], s.sets[inventory.GatewayCertificate] = emptySet, emptySet, emptySet
 	n := m.nodes[name]
 	if n == nil {
 		return s
@@ -424,7 +453,14 @@ func (m *Manager) viewLocked(name string) *Snapshot {
 		}
 		n.secretSet = newTypeSet(items)
 	}
-	s.sets[inventory.Pod], s.sets[inventory.KeySecret] = n.podSet, n.secretSet
+	if n.gatewaySet == nil {
+		items := make(map[string]item, len(n.gateways))
+		for gc := range n.gateways {
+			items[gc] = m.objects[inventory.GatewayCertificate][gc]
+		}
+		n.gatewaySet = newTypeSet(items)
+	}
+	s.sets[inventory.Pod], s.sets[inventory.KeySecret], s.sets[inventory.GatewayCertificate] = n.podSet, n.secretSet, n.gatewaySet
 	return s
 }
 

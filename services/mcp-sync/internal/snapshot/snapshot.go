@@ -23,12 +23,13 @@ import (
 
 // typeURLs are the MCP type URLs by kind.
 var typeURLs = [inventory.NumKinds]string{
-	inventory.Pod:            mcpclient.PodTypeURL,
-	inventory.ServiceAccount: mcpclient.ServiceAccountTypeURL,
-	inventory.Namespace:      mcpclient.NamespaceTypeURL,
-	inventory.KeySecret:      mcpclient.KeySecretTypeURL,
-	inventory.TLSPolicy:      mcpclient.TLSPolicyTypeURL,
-	inventory.ScopeConfig:    mcpclient.ScopeConfigTypeURL,
+	inventory.Pod:                mcpclient.PodTypeURL,
+	inventory.ServiceAccount:     mcpclient.ServiceAccountTypeURL,
+	inventory.Namespace:          mcpclient.NamespaceTypeURL,
+	inventory.KeySecret:          mcpclient.KeySecretTypeURL,
+	inventory.TLSPolicy:          mcpclient.TLSPolicyTypeURL,
+	inventory.ScopeConfig:        mcpclient.ScopeConfigTypeURL,
+	inventory.GatewayCertificate: mcpclient.GatewayCertificateTypeURL,
 }
 
 // TypeURLs lists the type URLs mcp-sync serves.

@@ -28,6 +28,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/libs/workloadtoken"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/citadelclient"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/config"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/gatewaycerts"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/keysecrets"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/metrics"
@@ -163,8 +164,9 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 	if err != nil {
 		return err
 	}
+	gateways := gatewaycerts.New(a.logger)
 	sdsServer := sds.New(sds.Config{
-		Auth:    auth,
+		Auth: auth, Gateways: gateways,
 		Secrets: manager, Logger: a.logger, Observe: m, Callers: limits,
 		PeerIdentifies: identity.Mode(a.cfg.WorkloadAttestation) != identity.ModeToken,
 		ResumeAfter:    a.cfg.SDS.ResumeAfter, Remembered: manager, Started: sdslimits.Started, Peer: peer,
@@ -198,6 +200,12 @@ func (a *App) serve(ctx context.Context, g *errgroup.Group, readyCheck *readines
 	g.Go(func() error {
 		return mcpclient.Watch(ctx, mcpclient.Config{
 			Conn: mcpConn, NodeID: a.cfg.NodeName, TypeURL: mcpclient.PodTypeURL, Apply: pods, Logger: a.logger,
+		})
+	})
+	g.Go(func() error {
+		// The gateway certificates (opted-in TLS Secrets) that pods on this node may read.
+		return mcpclient.Watch(ctx, mcpclient.Config{
+			Conn: mcpConn, NodeID: a.cfg.NodeName, TypeURL: mcpclient.GatewayCertificateTypeURL, Apply: gateways, Logger: a.logger,
 		})
 	})
 	g.Go(func() error { return manager.Run(ctx) })

@@ -91,6 +91,7 @@ type options struct {
 	// credentials would), and silent streams are resumed after resumeAfter.
 	peer        *identity.Peer
 	resumeAfter time.Duration
+	gateways    sds.GatewayCertificates // serves the kubernetes:// names
 }
 
 func newHarness(tb testing.TB, opt options) *harness {
@@ -126,7 +127,7 @@ func newHarness(tb testing.TB, opt options) *harness {
 		h.syncPods(tb)
 	}
 
-	cfg := sds.Config{Auth: h.auth, Secrets: h.secrets, Logger: logger, Observe: h.obs}
+	cfg := sds.Config{Auth: h.auth, Secrets: h.secrets, Logger: logger, Observe: h.obs, Gateways: opt.gateways}
 	if opt.peer != nil {
 		p := *opt.peer
 		cfg.Peer = func(context.Context) identity.Peer { return p }

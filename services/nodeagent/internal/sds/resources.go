@@ -34,6 +34,8 @@ func checkName(caller identity.Caller, name string) error {
 	switch {
 	case name == DefaultName, name == RootCAName, name == caller.ID.String():
 		return nil
+	case isGatewayName(name):
+		return nil // authorized when built: the caller's service account must be allowed
 	case strings.HasPrefix(name, "spiffe://"):
 		return fmt.Errorf("%w: %q; this stream is authenticated as %s", errForeignName, name, caller.ID)
 	case strings.HasPrefix(name, KeySecretPrefix):
@@ -64,7 +66,9 @@ func (s *Server) build(ctx context.Context, caller identity.Caller, names []stri
 			b   built
 			err error
 		)
-		if name == RootCAName {
+		if isGatewayName(name) {
+			b, err = s.gateway(caller, name)
+		} else if name == RootCAName {
 			roots, rerr := retry(ctx, s.cfg.Logger, func() ([]*x509.Certificate, error) { return s.cfg.Secrets.Roots(ctx) })
 			if rerr != nil {
 				return nil, rerr

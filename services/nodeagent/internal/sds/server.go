@@ -86,6 +86,8 @@ type Config struct {
 	// Started tells the stream limits that a resumed stream is under way, as a first request
 	// would (sdslimits.Started); nil if there are no limits.
 	Started func(ctx context.Context)
+	// Gateways serves the "kubernetes://" gateway certificate names; nil refuses them.
+	Gateways GatewayCertificates
 }
 
 // Server implements secretv3.SecretDiscoveryServiceServer.

@@ -74,6 +74,7 @@ func serveSession[R request](s *Server, ctx context.Context, recv func() (R, err
 	mu.Lock() // a push can only start once sub is set
 	sub = s.cfg.Secrets.SubscribeFunc(caller.ID, push)
 	mu.Unlock()
+	defer s.subscribeGateways(caller, push)()
 	defer func() {
 		s.cfg.Secrets.Unsubscribe(sub)
 		mu.Lock()

@@ -31,10 +31,13 @@ const (
 	KeySecret
 	TLSPolicy
 	ScopeConfig
+	// GatewayCertificate is an opted-in kubernetes.io/tls Secret. No source reports it: the
+	// gateway certificate controller (package gatewaycert) applies it to the snapshot manager.
+	GatewayCertificate
 	NumKinds // the number of kinds, for arrays indexed by Kind
 )
 
-var kindNames = [NumKinds]string{"Pod", "ServiceAccount", "Namespace", "KeySecret", "TLSPolicy", "ScopeConfig"}
+var kindNames = [NumKinds]string{"Pod", "ServiceAccount", "Namespace", "KeySecret", "TLSPolicy", "ScopeConfig", "GatewayCertificate"}
 
 func (k Kind) String() string { return kindNames[k] }
 
