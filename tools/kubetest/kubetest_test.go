@@ -61,9 +61,17 @@ spec:
 	if err != nil || len(list.Items) != 1 {
 		t.Fatalf("mcp-sync's role lists keysecrets: %v items, err %v", len(list.Items), err)
 	}
-	_, err = dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "secrets"}).List(ctx, metav1.ListOptions{})
-	if !apierrors.IsForbidden(err) {
-		t.Fatalf("mcp-sync's role must not read secrets, got %v", err)
+	// mcp-sync lists and watches Secrets (the opted-in gateway certificates, by label), but may not
+	// get one by name, nor change any.
+	secrets := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "secrets"})
+	if _, err := secrets.Namespace("default").List(ctx, metav1.ListOptions{LabelSelector: "portcullis.dev/gateway-certificate=true"}); err != nil {
+		t.Fatalf("mcp-sync's role must list opted-in secrets: %v", err)
+	}
+	if _, err = secrets.Namespace("default").Get(ctx, "anything", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("mcp-sync's role must not get a secret by name, got %v", err)
+	}
+	if err = secrets.Namespace("default").Delete(ctx, "anything", metav1.DeleteOptions{}); !apierrors.IsForbidden(err) {
+		t.Fatalf("mcp-sync's role must not delete secrets, got %v", err)
 	}
 
 	bad, _ := kubetest.ParseManifests([]byte(`
