@@ -4,7 +4,7 @@
 // on a small HTTP API:
 //
 //	GET  /status                  {spiffe_id, serial, not_after, bundle_sha256, updates, last_error, peers,
-//	                               resources, resources_updates, resources_error}
+//	                               resources, resources_updates, resources_streams, resources_error}
 //
 // With -names it also holds a second SDS stream for those resource names (KeySecrets
 // "key/<ns>/<name>", gateway certificates "kubernetes://<name>" and "<name>-cacert") and reports

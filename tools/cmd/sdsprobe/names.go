@@ -50,6 +50,7 @@ type resources struct {
 	mu      sync.RWMutex
 	held    map[string]resourceStatus
 	updates int
+	streams int // streams the agent answered: a push on an open stream leaves it as it was
 	lastErr string
 }
 
@@ -126,15 +127,23 @@ func (r *resources) setError(err error) {
 	r.lastErr = err.Error()
 }
 
+// opened counts a stream on which the agent answered.
+func (r *resources) opened() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.streams++
+}
+
 // namesStatus is the part of GET /status about -names.
 type namesStatus struct {
 	Resources        map[string]resourceStatus `json:"resources"`
 	ResourcesUpdates int                       `json:"resources_updates"`
+	ResourcesStreams int                       `json:"resources_streams"`
 	ResourcesError   string                    `json:"resources_error"`
 }
 
 func (r *resources) status() namesStatus {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
-	return namesStatus{Resources: maps.Clone(r.held), ResourcesUpdates: r.updates, ResourcesError: r.lastErr}
+	return namesStatus{Resources: maps.Clone(r.held), ResourcesUpdates: r.updates, ResourcesStreams: r.streams, ResourcesError: r.lastErr}
 }

@@ -152,7 +152,7 @@ func TestProbe(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		if len(ns.Resources) != 0 || ns.ResourcesUpdates != 0 {
+		if len(ns.Resources) != 0 || ns.ResourcesUpdates != 0 || ns.ResourcesStreams != 0 {
 			t.Errorf("a refused name was served: %+v", ns)
 		}
 		mustHandshake(t, p, frontend, frontendID)

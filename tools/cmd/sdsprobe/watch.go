@@ -28,6 +28,7 @@ type subscription struct {
 	apply    func(map[string]*tlsv3.Secret) error
 	setError func(error)
 	applied  func() // logs what an applied response changed
+	opened   func() // counts the streams the agent accepted; nil: not counted
 }
 
 // svidSubscription asks for the SVID and ROOTCA.
@@ -42,7 +43,7 @@ func (p *probe) svidSubscription() subscription {
 
 // namesSubscription asks for -names, on a stream of their own.
 func (p *probe) namesSubscription() subscription {
-	return subscription{what: "names", names: p.res.names, apply: p.res.apply, setError: p.res.setError,
+	return subscription{what: "names", names: p.res.names, apply: p.res.apply, setError: p.res.setError, opened: p.res.opened,
 		applied: func() {
 			st := p.res.status()
 			p.logger.Info("sds push of names applied", "held", len(st.Resources), "of", len(p.res.names), "updates", st.ResourcesUpdates)
@@ -96,10 +97,13 @@ func (p *probe) stream(ctx context.Context, sub subscription, received func()) e
 	if err := st.Request(true, sub.names...); err != nil {
 		return fmt.Errorf("requesting %s: %w", strings.Join(sub.names, ", "), err)
 	}
-	for {
+	for first := true; ; first = false {
 		secrets, recvErr := st.Recv()
 		if secrets == nil {
 			return fmt.Errorf("sds stream: %w", recvErr)
+		}
+		if first && sub.opened != nil {
+			sub.opened()
 		}
 		if err := sub.apply(secrets); err != nil {
 			// The response was already ACKed by sdsclient; keep the stream and report.
