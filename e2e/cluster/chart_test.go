@@ -31,8 +31,9 @@ const (
 )
 
 // TestChartLifecycle is what a platform team does with Portcullis, in order: install, give two
-// workloads identities that they use for mTLS, see impostors refused, rotate the root, upgrade,
-// uninstall. Each step needs the one before; the first failure stops the rest.
+// workloads identities that they use for mTLS, see impostors refused, hand KeySecrets and a
+// gateway certificate to the pods allowed them, rotate the root, upgrade, uninstall. Each step
+// needs the one before; the first failure stops the rest.
 func TestChartLifecycle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
@@ -50,6 +51,8 @@ func TestChartLifecycle(t *testing.T) {
 		{"components at idle", func(t *testing.T) { idleMemory(ctx, t, c) }},
 		{"the renewal CronJob runs with its own least-privilege role", func(t *testing.T) { renewalJob(ctx, t, c) }},
 		{"what the CSI volume adds to pod start-up", func(t *testing.T) { csiStartupCost(ctx, t, c) }},
+		{"a KeySecret reaches the pods it selects over SDS, and only them", func(t *testing.T) { keySecretsOnCluster(ctx, t, c) }},
+		{"a gateway certificate from an opted-in Secret, for the service accounts that may get it", func(t *testing.T) { gatewayCertificateOnCluster(ctx, t, c) }},
 		{"root rotation through the CLI reaches the running pods", func(t *testing.T) { rotateRoot(ctx, t, c, alpha, beta) }},
 		{"upgrade rolls the components and the pods keep their certificates", func(t *testing.T) { upgrade(ctx, t, c, alpha, beta, delta) }},
 		{"deleting the CSI pod removes its socket", func(t *testing.T) { csiPodDeleted(ctx, t, c, delta) }},

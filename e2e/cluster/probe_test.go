@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 
@@ -34,6 +36,23 @@ type probeStatus struct {
 	BundleSHA256 []string `json:"bundle_sha256"`
 	Updates      int      `json:"updates"`
 	LastError    string   `json:"last_error"`
+
+	// What the probe holds of its -names (KeySecrets, gateway certificates), on their own stream.
+	Resources        map[string]resourceStatus `json:"resources"`
+	ResourcesUpdates int                       `json:"resources_updates"`
+	ResourcesStreams int                       `json:"resources_streams"`
+	ResourcesError   string                    `json:"resources_error"`
+}
+
+// resourceStatus describes one of the probe's -names: a generic secret by the SHA-256 of each
+// value, a certificate by serial and SANs, a validation context by its CAs' SHA-256.
+type resourceStatus struct {
+	Kind     string            `json:"kind"`
+	SHA256   map[string]string `json:"sha256"`
+	Serial   string            `json:"serial"`
+	DNSNames []string          `json:"dns_names"`
+	Chain    int               `json:"chain"`
+	CASHA256 []string          `json:"ca_sha256"`
 }
 
 // handshake is sdsprobe's POST /handshake.
@@ -47,11 +66,13 @@ type handshake struct {
 // its token comes from (the kubelet's projection by default, or a Secret the test made).
 type probeSpec struct {
 	name, serviceAccount string
-	namespace            string // empty: appsNS
-	resource             string // empty: default
-	tokenSecret          string // empty: a projected token with the audience portcullis
-	csi                  bool   // the socket from the agent's CSI driver (a socket of the pod's own), not the node's hostPath
-	noToken              bool   // present no token: the agent must know the pod without one
+	namespace            string            // empty: appsNS
+	resource             string            // empty: default
+	tokenSecret          string            // empty: a projected token with the audience portcullis
+	csi                  bool              // the socket from the agent's CSI driver (a socket of the pod's own), not the node's hostPath
+	noToken              bool              // present no token: the agent must know the pod without one
+	names                []string          // extra SDS resource names (sdsprobe -names)
+	labels               map[string]string // besides app=sdsprobe
 }
 
 func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec probeSpec) *probe {
@@ -63,6 +84,11 @@ func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec 
 	if spec.resource != "" {
 		args = append(args, "-resource="+spec.resource)
 	}
+	if len(spec.names) > 0 {
+		args = append(args, "-names="+strings.Join(spec.names, ","))
+	}
+	labels := map[string]string{"app": "sdsprobe"}
+	maps.Copy(labels, spec.labels)
 	token := corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{
 		ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token", Audience: "portcullis", ExpirationSeconds: ptr.To(int64(3600))},
 	}}}}
@@ -79,7 +105,7 @@ func startProbe(ctx context.Context, t *testing.T, c kubernetes.Interface, spec 
 		sds = corev1.VolumeSource{CSI: &corev1.CSIVolumeSource{Driver: csiDriver, ReadOnly: ptr.To(true)}}
 	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: spec.name, Namespace: ns, Labels: map[string]string{"app": "sdsprobe"}},
+		ObjectMeta: metav1.ObjectMeta{Name: spec.name, Namespace: ns, Labels: labels},
 		Spec: corev1.PodSpec{
 			ServiceAccountName:           spec.serviceAccount,
 			AutomountServiceAccountToken: ptr.To(false),

@@ -3,7 +3,13 @@
 // the stream open and applies every push, serves mTLS with what it holds, and reports all of it
 // on a small HTTP API:
 //
-//	GET  /status                  {spiffe_id, serial, not_after, bundle_sha256, updates, last_error, peers}
+//	GET  /status                  {spiffe_id, serial, not_after, bundle_sha256, updates, last_error, peers,
+//	                               resources, resources_updates, resources_streams, resources_error}
+//
+// With -names it also holds a second SDS stream for those resource names (KeySecrets
+// "key/<ns>/<name>", gateway certificates "kubernetes://<name>" and "<name>-cacert") and reports
+// under "resources" what it last received for each, described, never the material itself.
+//
 //	GET  /readyz                  200 once an SVID has arrived
 //	POST /handshake?addr=IP:PORT  mTLS to another probe: {ok, peer_spiffe_id, error}
 package main
@@ -30,6 +36,7 @@ const (
 type config struct {
 	socket, tokenFile, resource, nodeID string
 	listen, httpListen                  string
+	names                               []string
 }
 
 func (c *config) RegisterFlags(fs *flag.FlagSet) {
@@ -40,6 +47,10 @@ func (c *config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.nodeID, "node-id", "sdsprobe~"+host, "xDS node id sent to the agent")
 	fs.StringVar(&c.listen, "listen", ":8443", "mTLS listen address")
 	fs.StringVar(&c.httpListen, "http", ":8080", "status API listen address")
+	fs.Func("names", "comma-separated extra SDS resource names to hold on a stream of their own (KeySecrets, gateway certificates)", func(s string) error {
+		c.names = parseNames(s)
+		return nil
+	})
 }
 
 func (c *config) Validate() error {
@@ -58,12 +69,13 @@ type probe struct {
 	cfg     config
 	logger  *slog.Logger
 	id      *identity
+	res     *resources // -names
 	mtlsLis net.Listener
 	httpLis net.Listener
 }
 
 func newProbe(cfg config, logger *slog.Logger) (*probe, error) {
-	p := &probe{cfg: cfg, logger: logger, id: &identity{resource: cfg.resource}}
+	p := &probe{cfg: cfg, logger: logger, id: &identity{resource: cfg.resource}, res: newResources(cfg.names)}
 	var err error
 	if p.mtlsLis, err = lifecycle.Listen(logger, "mtls", cfg.listen); err != nil {
 		return nil, err
@@ -78,7 +90,10 @@ func newProbe(cfg config, logger *slog.Logger) (*probe, error) {
 // Run holds the SDS stream and serves mTLS and the status API until ctx ends or one fails.
 func (p *probe) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return p.watch(ctx) })
+	g.Go(func() error { return p.watch(ctx, p.svidSubscription()) })
+	if len(p.res.names) > 0 {
+		g.Go(func() error { return p.watch(ctx, p.namesSubscription()) })
+	}
 	g.Go(func() error { return p.serveMTLS(ctx) })
 	g.Go(func() error { return p.serveHTTP(ctx) })
 	return g.Wait()

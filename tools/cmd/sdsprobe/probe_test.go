@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -137,6 +138,26 @@ func TestProbe(t *testing.T) {
 		mustHandshake(t, frontend, cart, cartID)
 	})
 
+	t.Run("a refused -names stream leaves the svid alone", func(t *testing.T) {
+		// examples/cluster has no KeySecrets: the agent answers NotFound, which ends the names'
+		// stream only; the svid's stream is served as before.
+		const missing = "key/shop/no-such-keysecret"
+		p := startProbe(t, s, podOf(t, "shop/cart-0"), missing)
+		waitStatus(t, p, "an svid", func(st status) bool { return st.SPIFFEID == cartID && st.LastError == "" })
+		var ns namesStatus
+		deadline := time.Now().Add(30 * time.Second)
+		for ns = getNamesStatus(t, p); !strings.Contains(ns.ResourcesError, "NotFound"); ns = getNamesStatus(t, p) {
+			if time.Now().After(deadline) {
+				t.Fatalf("names status %+v, want a NotFound refusal of %s", ns, missing)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if len(ns.Resources) != 0 || ns.ResourcesUpdates != 0 || ns.ResourcesStreams != 0 {
+			t.Errorf("a refused name was served: %+v", ns)
+		}
+		mustHandshake(t, p, frontend, frontendID)
+	})
+
 	t.Run("refused token", func(t *testing.T) {
 		// frontend-1 runs on node-b: node-a's agent must refuse its token.
 		stranger := startProbe(t, s, podOf(t, "shop/frontend-1"))
@@ -193,7 +214,7 @@ func podOf(t *testing.T, key string) stack.Pod {
 }
 
 // startProbe runs a probe in process for pod, with a token in a file, until the test ends.
-func startProbe(t *testing.T, s *stack.Stack, pod stack.Pod) *probe {
+func startProbe(t *testing.T, s *stack.Stack, pod stack.Pod, names ...string) *probe {
 	t.Helper()
 	token, err := s.Token(pod, time.Hour)
 	if err != nil {
@@ -204,7 +225,7 @@ func startProbe(t *testing.T, s *stack.Stack, pod stack.Pod) *probe {
 		t.Fatal(err)
 	}
 	cfg := config{socket: s.Socket(node), tokenFile: tokenFile, resource: "default", nodeID: "sdsprobe~" + pod.Key(),
-		listen: "127.0.0.1:0", httpListen: "127.0.0.1:0"}
+		listen: "127.0.0.1:0", httpListen: "127.0.0.1:0", names: names}
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -247,6 +268,21 @@ func getStatus(t *testing.T, p *probe) status {
 	}
 	defer resp.Body.Close()
 	var st status
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// getNamesStatus is the -names part of GET /status.
+func getNamesStatus(t *testing.T, p *probe) namesStatus {
+	t.Helper()
+	resp, err := httpClient.Get("http://" + p.httpLis.Addr().String() + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st namesStatus
 	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatal(err)
 	}

@@ -129,7 +129,10 @@ func (p *probe) handshake(ctx context.Context, addr string) (spiffeid.ID, error)
 func (p *probe) serveHTTP(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, p.id.status())
+		writeJSON(w, http.StatusOK, struct {
+			status
+			namesStatus
+		}{p.id.status(), p.res.status()})
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if _, err := p.id.GetX509SVID(); err != nil {
