@@ -3,11 +3,9 @@ package app
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"sync"
 
@@ -19,6 +17,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/config"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/csi"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/unixsock"
 )
 
 // csiPlugin is the agent's CSI driver and the pods' sockets it publishes; nil with CSI off.
@@ -111,13 +110,9 @@ func httpSocketPath(socket string) string {
 // OpenPodSocket listens on the pod's socket, open to every uid: the pod's processes may run as
 // any user, and only that pod (and root on the node) can reach the socket.
 func (p *podSockets) OpenPodSocket(pod csi.PodInfo, path string) error {
-	lis, err := net.Listen("unix", path)
+	lis, err := unixsock.Listen(path, 0o666)
 	if err != nil {
 		return err
-	}
-	if err := os.Chmod(path, 0o666); err != nil {
-		lis.Close()
-		return fmt.Errorf("setting socket mode: %w", err)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -153,16 +148,9 @@ func (p *podSockets) serve(srv *grpc.Server, httpSrv *http.Server) {
 func (p *podSockets) startLocked(s *podSocket) error {
 	if p.httpSrv != nil {
 		path := httpSocketPath(s.lis.Addr().String())
-		if err := removeStaleSocket(path); err != nil {
-			return err
-		}
-		lis, err := net.Listen("unix", path)
+		lis, err := unixsock.Listen(path, 0o666)
 		if err != nil {
 			return err
-		}
-		if err := os.Chmod(path, 0o666); err != nil {
-			lis.Close()
-			return fmt.Errorf("setting socket mode: %w", err)
 		}
 		s.httpLis = lis
 		go func() {

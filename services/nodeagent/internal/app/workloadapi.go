@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -22,6 +20,7 @@ import (
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/metrics"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/peercred"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/unixsock"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/workloadapi"
 )
 
@@ -121,36 +120,10 @@ func (a *App) serveHTTP(ctx context.Context, srv *http.Server) error {
 // previous run (but never any other kind of file).
 func (a *App) listenUnix(path, name string) (net.Listener, error) {
 	mode, _ := a.cfg.Mode() // validated in config
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("creating socket directory: %w", err)
-	}
-	if err := removeStaleSocket(path); err != nil {
-		return nil, err
-	}
-	lis, err := net.Listen("unix", path)
+	lis, err := unixsock.Listen(path, mode)
 	if err != nil {
-		return nil, fmt.Errorf("listening on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, mode); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("setting socket mode: %w", err)
+		return nil, err
 	}
 	a.logger.Info(lifecycle.ListeningMsg, "listener", name, "addr", path)
 	return lis, nil
-}
-
-// removeStaleSocket removes a socket left at path by a previous run, but never any other kind of
-// file.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if err != nil {
-		return nil
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("removing stale socket: %w", err)
-	}
-	return nil
 }

@@ -29,6 +29,7 @@ import (
 	registerapi "k8s.io/kubelet/pkg/apis/pluginregistration/v1"
 
 	"github.com/portcullis-mesh/portcullis/libs/lifecycle"
+	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/unixsock"
 )
 
 // DefaultDriverName is the CSIDriver name pods put in their volumes.
@@ -255,7 +256,7 @@ func (d *Driver) openSocket(v *volume, token string) error {
 		return nil
 	}
 	path := d.SocketPath(v.UID)
-	if err := removeStaleSocket(path); err != nil {
+	if err := unixsock.RemoveStale(path); err != nil {
 		return err
 	}
 	pod := v.pod()
@@ -279,41 +280,6 @@ func (d *Driver) closeSocket(v *volume) error {
 	return nil
 }
 
-// listenUnix listens on path (mode 0600), creating its directory (0750) and replacing a stale
-// socket.
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("creating socket directory: %w", err)
-	}
-	if err := removeStaleSocket(path); err != nil {
-		return nil, err
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listening on %s: %w", path, err)
-	}
-	// Only the kubelet (root) calls these sockets.
-	if err := os.Chmod(path, 0o600); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("setting socket mode: %w", err)
-	}
-	return lis, nil
-}
-
-// removeStaleSocket removes a socket left at path, but never any other kind of file.
-func removeStaleSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s exists and is not a socket; refusing to replace it", path)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("removing stale socket: %w", err)
-	}
-	return nil
-}
+// listenUnix listens on path (mode 0600: only the kubelet, root, calls these sockets), creating
+// its directory and replacing a stale socket.
+func listenUnix(path string) (net.Listener, error) { return unixsock.Listen(path, 0o600) }
