@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/portcullis-mesh/portcullis/libs/jwtaudience"
 	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	kmsv1 "github.com/portcullis-mesh/portcullis/proto/portcullis/kms/v1"
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/metrics"
@@ -23,12 +24,6 @@ var ErrInvalidAudience = errors.New("invalid jwt-svid audience")
 
 // ErrJWTDisabled: citadel was built without a JWT signer.
 var ErrJWTDisabled = errors.New("jwt-svid minting is not enabled")
-
-// Audience limits, kms-adapter's (a request it would refuse is refused here with the same words).
-const (
-	MaxAudiences   = 10
-	MaxAudienceLen = 256
-)
 
 // JWTKMS is the part of kms-adapter's JWTService the issuer uses; kmsv1.JWTServiceClient
 // satisfies it.
@@ -120,22 +115,11 @@ func (i *Issuer) mintJWTSVID(ctx context.Context, req JWTRequest) (JWTResult, er
 	return JWTResult{Identity: id, Token: resp.GetToken(), ExpiresAt: svid.Expiry}, nil
 }
 
-// checkAudiences enforces kms-adapter's rules on aud: 1 to MaxAudiences values, each non-empty and
-// at most MaxAudienceLen bytes.
+// checkAudiences enforces the audience rule kms-adapter enforces too (libs/jwtaudience): a request
+// it would refuse is refused here with the same words.
 func checkAudiences(auds []string) error {
-	switch {
-	case len(auds) == 0:
-		return fmt.Errorf("%w: at least one audience is required (the services the token is meant for)", ErrInvalidAudience)
-	case len(auds) > MaxAudiences:
-		return fmt.Errorf("%w: %d audiences, at most %d allowed", ErrInvalidAudience, len(auds), MaxAudiences)
-	}
-	for n, a := range auds {
-		if a == "" {
-			return fmt.Errorf("%w: audience %d is empty", ErrInvalidAudience, n)
-		}
-		if len(a) > MaxAudienceLen {
-			return fmt.Errorf("%w: audience %d has %d bytes, at most %d allowed", ErrInvalidAudience, n, len(a), MaxAudienceLen)
-		}
+	if err := jwtaudience.Check(auds); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidAudience, err)
 	}
 	return nil
 }

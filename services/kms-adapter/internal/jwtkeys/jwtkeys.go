@@ -22,19 +22,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"k8s.io/utils/clock"
 
+	"github.com/portcullis-mesh/portcullis/libs/jwtaudience"
 	"github.com/portcullis-mesh/portcullis/services/kms-adapter/internal/kms"
 )
 
 // ErrInvalidRequest: the signing request is malformed (no or bad audiences, a bad identity); the
 // message says which.
 var ErrInvalidRequest = errors.New("invalid jwt-svid request")
-
-// Request limits: a token names at most MaxAudiences audiences of at most MaxAudienceLen bytes
-// each, so a caller cannot make kms-adapter sign (and every verifier parse) an unbounded token.
-const (
-	MaxAudiences   = 10
-	MaxAudienceLen = 256
-)
 
 // ClockSkew is added to a retiring key's publication: a verifier whose clock runs a little
 // behind still finds the key of a token it considers unexpired.
@@ -164,22 +158,11 @@ func (m *Manager) Sign(req SignRequest) (Token, error) {
 	return Token{Token: raw, KeyID: k.id, ExpiresAt: exp}, nil
 }
 
-// CheckAudiences enforces what a token's aud may be: 1 to MaxAudiences values, each non-empty and
-// at most MaxAudienceLen bytes.
+// CheckAudiences enforces libs/jwtaudience's rule, so that a caller cannot make kms-adapter sign
+// (and every verifier parse) an unbounded token.
 func CheckAudiences(auds []string) error {
-	switch {
-	case len(auds) == 0:
-		return fmt.Errorf("%w: at least one audience is required", ErrInvalidRequest)
-	case len(auds) > MaxAudiences:
-		return fmt.Errorf("%w: %d audiences, at most %d allowed", ErrInvalidRequest, len(auds), MaxAudiences)
-	}
-	for i, a := range auds {
-		if a == "" {
-			return fmt.Errorf("%w: audience %d is empty", ErrInvalidRequest, i)
-		}
-		if len(a) > MaxAudienceLen {
-			return fmt.Errorf("%w: audience %d has %d bytes, at most %d allowed", ErrInvalidRequest, i, len(a), MaxAudienceLen)
-		}
+	if err := jwtaudience.Check(auds); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidRequest, err)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/portcullis-mesh/portcullis/libs/expirycache"
+	"github.com/portcullis-mesh/portcullis/libs/jwtaudience"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/citadelclient"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/identity"
 	"github.com/portcullis-mesh/portcullis/services/nodeagent/internal/secrets"
@@ -26,11 +27,11 @@ type Minter interface {
 	MintJWTSVID(ctx context.Context, cred secrets.Credential, audiences []string, ttl time.Duration) (citadelclient.JWTSVID, error)
 }
 
-// Limits of a JWT-SVID request. citadel accepts at most 10 audiences; an audience is a name or a
-// URL, never kilobytes.
+// Limits of a JWT-SVID request: libs/jwtaudience's, citadel's, so that what citadel would refuse
+// is refused here before the call.
 const (
-	MaxAudiences      = 10
-	MaxAudienceLength = 512
+	MaxAudiences      = jwtaudience.MaxAudiences
+	MaxAudienceLength = jwtaudience.MaxLength
 	// DefaultJWTCacheSize bounds the cached JWT-SVIDs: a node's pods times the audiences each
 	// talks to, with room to spare; a token is about 1 KiB.
 	DefaultJWTCacheSize = 10000
