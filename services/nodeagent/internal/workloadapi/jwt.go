@@ -58,13 +58,9 @@ func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.Serv
 	const method = "FetchJWTBundles"
 	defer s.called(method, &err)
 	ctx := stream.Context()
-	caller, err := s.authenticate(ctx, method)
+	_, done, err := s.openWatch(ctx, method)
 	if err != nil {
-		return grpcError(err)
-	}
-	done, err := s.watch(method, caller)
-	if err != nil {
-		return grpcError(err)
+		return err
 	}
 	defer done()
 	for {

@@ -107,6 +107,18 @@ func (s *Server) called(method string, err *error) { s.cfg.Observe.Called(method
 
 // watch admits a stream of caller against the per-pod limit and counts it open; the returned
 // function ends both.
+// openWatch authenticates a streaming call and admits it as one more watch of the caller's pod;
+// errors are gRPC statuses, and done ends the watch.
+func (s *Server) openWatch(ctx context.Context, method string) (caller identity.Caller, done func(), err error) {
+	if caller, err = s.authenticate(ctx, method); err != nil {
+		return caller, nil, grpcError(err)
+	}
+	if done, err = s.watch(method, caller); err != nil {
+		return caller, nil, grpcError(err)
+	}
+	return caller, done, nil
+}
+
 func (s *Server) watch(method string, caller identity.Caller) (func(), error) {
 	release := func() {}
 	if s.cfg.Callers != nil {

@@ -22,13 +22,9 @@ func (s *Server) FetchX509SVID(_ *workloadpb.X509SVIDRequest, stream grpc.Server
 	const method = "FetchX509SVID"
 	defer s.called(method, &err)
 	ctx := stream.Context()
-	caller, err := s.authenticate(ctx, method)
+	caller, done, err := s.openWatch(ctx, method)
 	if err != nil {
-		return grpcError(err)
-	}
-	done, err := s.watch(method, caller)
-	if err != nil {
-		return grpcError(err)
+		return err
 	}
 	defer done()
 	sub := s.cfg.Secrets.Subscribe(caller.ID)
@@ -83,13 +79,9 @@ func (s *Server) FetchX509Bundles(_ *workloadpb.X509BundlesRequest, stream grpc.
 	const method = "FetchX509Bundles"
 	defer s.called(method, &err)
 	ctx := stream.Context()
-	caller, err := s.authenticate(ctx, method)
+	_, done, err := s.openWatch(ctx, method)
 	if err != nil {
-		return grpcError(err)
-	}
-	done, err := s.watch(method, caller)
-	if err != nil {
-		return grpcError(err)
+		return err
 	}
 	defer done()
 	// A subscription to no identity hears of bundle changes only.
