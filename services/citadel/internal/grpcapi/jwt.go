@@ -5,10 +5,8 @@ import (
 	"errors"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/portcullis-mesh/portcullis/libs/servicetls"
 	cav1 "github.com/portcullis-mesh/portcullis/proto/portcullis/ca/v1"
 
 	"github.com/portcullis-mesh/portcullis/services/citadel/internal/issuer"
@@ -35,13 +33,9 @@ type jwtServer struct {
 // names, if the calling node agent may obtain that identity: the same decision as
 // CreateCertificate.
 func (s *jwtServer) MintJWTSVID(ctx context.Context, req *cav1.MintJWTSVIDRequest) (*cav1.MintJWTSVIDResponse, error) {
-	caller, err := servicetls.PeerID(ctx)
+	caller, token, err := nodeAgentCall(ctx)
 	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, err.Error())
-	}
-	token, err := bearerToken(ctx)
-	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, err.Error())
+		return nil, err
 	}
 	ttl, err := issuer.JWTTTLFromSeconds(req.GetTtlSeconds())
 	var res issuer.JWTResult

@@ -106,13 +106,9 @@ func NewGRPCServer(creds credentials.TransportCredentials, srv *Server, hs *heal
 // CreateCertificate signs the CSR for the workload the token names, if the calling node agent may
 // obtain that identity.
 func (s *Server) CreateCertificate(ctx context.Context, req *authv1.IstioCertificateRequest) (*authv1.IstioCertificateResponse, error) {
-	caller, err := servicetls.PeerID(ctx)
+	caller, token, err := nodeAgentCall(ctx)
 	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, err.Error())
-	}
-	token, err := bearerToken(ctx)
-	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, err.Error())
+		return nil, err
 	}
 	ttl, err := issuer.ValidityFromSeconds(req.GetValidityDuration())
 	var res issuer.Result
@@ -141,6 +137,20 @@ func (s *Server) GetTrustBundle(ctx context.Context, _ *cav1.GetTrustBundleReque
 		return nil, toStatus(err).Err()
 	}
 	return &cav1.GetTrustBundleResponse{TrustDomain: b.TrustDomain, RootCertificates: b.Roots, Version: b.Version}, nil
+}
+
+// nodeAgentCall reads who is calling (the peer's control-plane identity) and the workload token it
+// forwards ("" if none); either failing is an Unauthenticated status.
+func nodeAgentCall(ctx context.Context) (spiffeid.ID, string, error) {
+	caller, err := servicetls.PeerID(ctx)
+	if err != nil {
+		return spiffeid.ID{}, "", status.Error(codes.Unauthenticated, err.Error())
+	}
+	token, err := bearerToken(ctx)
+	if err != nil {
+		return spiffeid.ID{}, "", status.Error(codes.Unauthenticated, err.Error())
+	}
+	return caller, token, nil
 }
 
 // bearerToken reads "authorization: Bearer <jwt>"; no header yields "" (the issuer refuses that
